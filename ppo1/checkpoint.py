@@ -1,0 +1,38 @@
+"""Saving a trained policy with its resolved config, and loading it back for evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from gymnasium.vector import VectorEnv
+from omegaconf import OmegaConf
+
+from ppo1.config import TrainConfig, to_plain_dict
+from ppo1.envs import make_vector_env
+from ppo1.networks import ActorCritic
+
+
+def build_agent(cfg: TrainConfig, env: VectorEnv) -> ActorCritic:
+    obs_space = env.single_observation_space
+    assert obs_space.shape is not None
+    return ActorCritic(obs_space.shape[0], env.single_action_space, cfg.algo.net)  # type: ignore[arg-type]
+
+
+def save_checkpoint(path: Path, agent: ActorCritic, cfg: TrainConfig) -> None:
+    """Plain tensors and containers only, so `torch.load(..., weights_only=True)` can read it."""
+    torch.save({"state_dict": agent.state_dict(), "config": to_plain_dict(cfg)}, path)
+
+
+def load_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig]:
+    """The policy and the config it was trained with; the env is rebuilt to size the network."""
+    payload: dict[str, Any] = torch.load(path, weights_only=True)
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), payload["config"])
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, TrainConfig)
+    env = make_vector_env(cfg.env, 1)
+    agent = build_agent(cfg, env)
+    env.close()
+    agent.load_state_dict(payload["state_dict"])
+    return agent, cfg

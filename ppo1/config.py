@@ -1,0 +1,265 @@
+"""Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
+
+Hydra validates types and unknown keys against these schemas when it composes `conf/`;
+the `__post_init__` checks below catch values that are well-typed but meaningless (clip <= 0,
+a minibatch larger than the batch) once `OmegaConf.to_object` builds the typed objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import gymnasium as gym
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A composed config that type-checks but cannot be trained; one message lists every problem."""
+
+
+def _raise_if(problems: list[tuple[bool, str]]) -> None:
+    failed = [message for bad, message in problems if bad]
+    if failed:
+        raise ConfigError("; ".join(failed))
+
+
+class Vectorization(Enum):
+    """How `num_envs` copies are stepped; `auto` takes a natively vectorized env if there is one."""
+
+    auto = "auto"
+    sync = "sync"
+    async_ = "async"
+
+
+class AdvNorm(Enum):
+    """Advantage standardisation: per rollout batch (SB PPO1), per minibatch (SB3), or none."""
+
+    batch = "batch"
+    minibatch = "minibatch"
+    none = "none"
+
+
+class Activation(Enum):
+    tanh = "tanh"
+    relu = "relu"
+
+
+class ScheduleKind(Enum):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+
+
+@dataclass
+class EnvConfig:
+    id: str = "CartPole-v1"
+    num_envs: int = 8
+    vectorization: Vectorization = Vectorization.auto
+    # None keeps the registered TimeLimit of the env.
+    max_episode_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (self.num_envs < 1, f"env.num_envs must be >= 1, got {self.num_envs}"),
+                (
+                    self.max_episode_steps is not None and self.max_episode_steps < 1,
+                    f"env.max_episode_steps must be >= 1 or null, got {self.max_episode_steps}",
+                ),
+            ]
+        )
+        if self.id not in gym.registry:
+            close = difflib.get_close_matches(self.id, list(gym.registry), n=5, cutoff=0.5)
+            hint = f"did you mean one of {close}?" if close else "see gymnasium.pprint_registry()"
+            raise ConfigError(f"env.id {self.id!r} is not a registered Gymnasium env; {hint}")
+
+
+@dataclass
+class NetworkConfig:
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: Activation = Activation.tanh
+    # Separate policy and value towers (SB PPO1's MlpPolicy) or one shared trunk.
+    shared: bool = False
+    # Orthogonal init: sqrt(2) hidden, 0.01 policy head, 1.0 value head (Andrychowicz et al. 2021).
+    ortho_init: bool = True
+    # Initial log std of the diagonal Gaussian policy (continuous actions only).
+    log_std_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (
+                    not self.hidden or min(self.hidden) < 1,
+                    f"algo.net.hidden needs positive layer sizes, got {list(self.hidden)}",
+                ),
+            ]
+        )
+
+
+@dataclass
+class AlgoConfig:
+    """PPO-Clip hyperparameters; names follow the PPO paper and CleanRL."""
+
+    # Steps each env contributes per rollout (SB: timesteps_per_actorbatch; batch = n_steps x envs).
+    n_steps: int = 32
+    gamma: float = 0.98
+    gae_lambda: float = 0.8
+    # epsilon of the clipped surrogate, eq. (7) of Schulman et al. 2017.
+    clip: float = 0.2
+    # Multiply clip by the schedule too (SB PPO1 does; OpenAI baselines dropped it, issue #710).
+    anneal_clip: bool = True
+    # Clip the value prediction around the old one by this much (null: no value clipping).
+    clip_vf: float | None = None
+    ent_coef: float = 0.0
+    # Value loss is mean((V - R)^2) without 1/2, as in SB PPO1 and SB3.
+    vf_coef: float = 0.5
+    # Clip the global gradient norm (null: no clipping).
+    max_grad_norm: float | None = 0.5
+    epochs: int = 20
+    minibatch_size: int = 256
+    # Drop the last partial minibatch of an epoch (SB PPO1's Dataset does).
+    drop_last: bool = False
+    lr: float = 1e-3
+    adam_eps: float = 1e-5
+    adv_norm: AdvNorm = AdvNorm.minibatch
+    # Stop the epochs of an update once approx KL exceeds 1.5 x target_kl (SB3 rule; null: never).
+    target_kl: float | None = None
+    # On a time-limit truncation, bootstrap from V(final observation) (SB3 #633); off = terminal.
+    bootstrap_truncation: bool = True
+    net: NetworkConfig = field(default_factory=NetworkConfig)
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (self.n_steps < 1, f"algo.n_steps must be >= 1, got {self.n_steps}"),
+                (not 0 < self.gamma <= 1, f"algo.gamma must be in (0, 1], got {self.gamma}"),
+                (
+                    not 0 <= self.gae_lambda <= 1,
+                    f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}",
+                ),
+                (not self.clip > 0, f"algo.clip must be > 0, got {self.clip}"),
+                (
+                    self.clip_vf is not None and not self.clip_vf > 0,
+                    f"algo.clip_vf must be > 0 or null, got {self.clip_vf}",
+                ),
+                (self.ent_coef < 0, f"algo.ent_coef must be >= 0, got {self.ent_coef}"),
+                (self.vf_coef < 0, f"algo.vf_coef must be >= 0, got {self.vf_coef}"),
+                (
+                    self.max_grad_norm is not None and not self.max_grad_norm > 0,
+                    f"algo.max_grad_norm must be > 0 or null, got {self.max_grad_norm}",
+                ),
+                (self.epochs < 1, f"algo.epochs must be >= 1, got {self.epochs}"),
+                (
+                    self.minibatch_size < 1,
+                    f"algo.minibatch_size must be >= 1, got {self.minibatch_size}",
+                ),
+                (not self.lr > 0, f"algo.lr must be > 0, got {self.lr}"),
+                (not self.adam_eps > 0, f"algo.adam_eps must be > 0, got {self.adam_eps}"),
+                (
+                    self.target_kl is not None and not self.target_kl > 0,
+                    f"algo.target_kl must be > 0 or null, got {self.target_kl}",
+                ),
+            ]
+        )
+
+
+@dataclass
+class ScheduleConfig:
+    """Multiplier on lr (and clip, with algo.anneal_clip) as a function of training progress."""
+
+    kind: ScheduleKind = ScheduleKind.linear
+    # Multiplier reached at the end of training (linear, cosine); SB PPO1's linear ends at 0.
+    end: float = 0.0
+
+    def __post_init__(self) -> None:
+        _raise_if([(not 0 <= self.end <= 1, f"schedule.end must be in [0, 1], got {self.end}")])
+
+
+@dataclass
+class EvalConfig:
+    # Evaluate the deterministic policy every this many updates (and always after the last).
+    every: int = 10
+    episodes: int = 20
+    num_envs: int = 4
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (self.every < 1, f"eval.every must be >= 1, got {self.every}"),
+                (self.episodes < 1, f"eval.episodes must be >= 1, got {self.episodes}"),
+                (self.num_envs < 1, f"eval.num_envs must be >= 1, got {self.num_envs}"),
+            ]
+        )
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # null: MLFLOW_TRACKING_URI if set, else the SQLite store under the project's mlruns/.
+    uri: str | None = None
+    experiment: str = "ppo1"
+    run_name: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 1
+    total_timesteps: int = 100_000
+    # One thread is fastest for these small MLPs here, and far steadier than two.
+    torch_threads: int = 1
+    # Print one progress line per update.
+    verbose: bool = True
+    save_model: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.env.num_envs * self.algo.n_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_timesteps // self.batch_size)
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (
+                    self.total_timesteps < 1,
+                    f"total_timesteps must be >= 1, got {self.total_timesteps}",
+                ),
+                (self.torch_threads < 1, f"torch_threads must be >= 1, got {self.torch_threads}"),
+                (
+                    self.algo.minibatch_size > self.batch_size,
+                    f"algo.minibatch_size={self.algo.minibatch_size} is larger than the batch "
+                    f"env.num_envs x algo.n_steps = {self.env.num_envs} x {self.algo.n_steps} "
+                    f"= {self.batch_size}",
+                ),
+            ]
+        )
+
+
+def register_configs() -> None:
+    """Register the schemas so Hydra type-checks `conf/` and every command-line override."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Turn a composed DictConfig into the typed config, running every `__post_init__` check."""
+    train_cfg = OmegaConf.to_object(cfg)
+    assert isinstance(train_cfg, TrainConfig)
+    return train_cfg
+
+
+def to_plain_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved config as plain Python containers (enums as strings), e.g. for checkpoints."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}

@@ -1,0 +1,39 @@
+"""Deterministic evaluation of a policy on its own vector env."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv
+
+from ppo1.networks import ActorCritic
+
+
+def evaluate(agent: ActorCritic, env: VectorEnv, episodes: int, seed: int) -> np.ndarray:
+    """Returns of `episodes` episodes of the greedy policy (argmax, or the Gaussian mean).
+
+    Each env runs a fixed quota of episodes: counting whichever finish first would bias the
+    mean towards short episodes (the SB3 `evaluate_policy` fix).
+    """
+    n = env.num_envs
+    quotas = np.array([(episodes + i) // n for i in range(n)])
+    counts = np.zeros(n, dtype=np.int64)
+    running = np.zeros(n)
+    returns: list[float] = []
+    act_space = env.single_action_space
+    obs, _ = env.reset(seed=seed)
+    with torch.no_grad():
+        while (counts < quotas).any():
+            action = agent.dist.mode(agent.dist_params(torch.as_tensor(obs, dtype=torch.float32)))
+            env_action = action.numpy()
+            if isinstance(act_space, gym.spaces.Box):
+                env_action = np.clip(env_action, act_space.low, act_space.high)
+            obs, reward, terminated, truncated, _ = env.step(env_action)
+            running += reward
+            for i in np.flatnonzero(terminated | truncated):
+                if counts[i] < quotas[i]:
+                    returns.append(float(running[i]))
+                    counts[i] += 1
+                running[i] = 0.0
+    return np.asarray(returns)

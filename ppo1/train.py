@@ -1,0 +1,190 @@
+"""`python -m ppo1.train`: collect rollout -> GAE -> epochs x minibatches of L^CLIP -> log."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ppo1.checkpoint import build_agent, save_checkpoint
+from ppo1.config import ConfigError, TrainConfig, register_configs, to_plain_dict, to_train_config
+from ppo1.envs import make_vector_env
+from ppo1.evaluation import evaluate
+from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
+from ppo1.rollout import Episode, RolloutCollector, gae
+from ppo1.schedules import multiplier, progress
+from ppo1.tracking import Tracker, tracking_uri
+
+# Called after every update with (env steps so far, that update's metrics); may raise to stop.
+UpdateHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    final_eval: float
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    episodes: list[Episode] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def update_metrics(
+    stats: UpdateStats, lr: float, clip: float, sps: float, recent: deque[Episode]
+) -> dict[str, float]:
+    """One update's metrics under the CleanRL/SB3 names practitioners compare against."""
+    metrics = {
+        "charts/SPS": sps,
+        "charts/learning_rate": lr,
+        "charts/clip_range": clip,
+        "losses/policy_loss": stats.policy_loss,
+        "losses/value_loss": stats.value_loss,
+        "losses/entropy": stats.entropy,
+        "losses/approx_kl": stats.approx_kl,
+        "losses/kl": stats.kl,
+        "losses/clipfrac": stats.clipfrac,
+        "losses/explained_variance": stats.explained_variance,
+        "losses/grad_norm": stats.grad_norm,
+        "losses/epochs": float(stats.epochs),
+    }
+    if recent:
+        metrics["rollout/ep_rew_mean"] = float(np.mean([e.ret for e in recent]))
+        metrics["rollout/ep_len_mean"] = float(np.mean([e.length for e in recent]))
+    return metrics
+
+
+def progress_line(update: int, cfg: TrainConfig, step: int, m: dict[str, float]) -> str:
+    ret = m.get("rollout/ep_rew_mean", float("nan"))
+    ev = m.get("eval/mean_return")
+    eval_part = f" | eval {ev:8.1f}" if ev is not None else ""
+    return (
+        f"update {update:>4}/{cfg.num_updates} | step {step:>8} | return {ret:8.1f}{eval_part}"
+        f" | kl {m['losses/kl']:.4f} | clipfrac {m['losses/clipfrac']:.3f}"
+        f" | SPS {m['charts/SPS']:6.0f}"
+    )
+
+
+def train(
+    cfg: TrainConfig, on_update: UpdateHook | None = None, tags: dict[str, str] | None = None
+) -> TrainResult:
+    """Train PPO-Clip as `cfg` says, tracked in MLflow; returns the evaluation curve."""
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    envs = make_vector_env(cfg.env, cfg.env.num_envs)
+    eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs)
+    agent = build_agent(cfg, envs)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
+    collector = RolloutCollector(
+        envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, cfg.seed
+    )
+    result = TrainResult(run_id=None, final_eval=float("nan"))
+    recent: deque[Episode] = deque(maxlen=100)
+    plain = to_plain_dict(cfg)
+    with Tracker(cfg.tracking, plain, tags) as tracker:
+        result.run_id = tracker.run_id
+        tracker.log_text(OmegaConf.to_yaml(plain), "config.yaml")
+        start = time.perf_counter()
+        for update in range(1, cfg.num_updates + 1):
+            mult = multiplier(cfg.schedule, progress(collector.global_step, cfg.total_timesteps))
+            lr = cfg.algo.lr * mult
+            clip = cfg.algo.clip * (mult if cfg.algo.anneal_clip else 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            episodes = collector.collect()
+            buf = collector.buffer
+            advantages, returns = gae(
+                buf.rewards,
+                buf.values,
+                buf.next_values,
+                buf.terminated,
+                buf.dones,
+                cfg.algo.gamma,
+                cfg.algo.gae_lambda,
+            )
+            stats = ppo_update(
+                agent, optimizer, Batch.from_rollout(buf, advantages, returns), cfg.algo, clip
+            )
+
+            step = collector.global_step
+            recent.extend(episodes)
+            result.episodes += episodes
+            metrics = update_metrics(stats, lr, clip, step / (time.perf_counter() - start), recent)
+            if update % cfg.eval.every == 0 or update == cfg.num_updates:
+                returns_eval = evaluate(agent, eval_envs, cfg.eval.episodes, cfg.seed + 10_000)
+                metrics["eval/mean_return"] = float(returns_eval.mean())
+                metrics["eval/std_return"] = float(returns_eval.std())
+                result.evals.append((step, metrics["eval/mean_return"]))
+                result.final_eval = metrics["eval/mean_return"]
+            for e in episodes:
+                tracker.log_metrics(
+                    {"charts/episodic_return": e.ret, "charts/episodic_length": e.length}, e.step
+                )
+            tracker.log_metrics(metrics, step)
+            tracker.flush()
+            result.history.append({"step": float(step), **metrics})
+            if cfg.verbose:
+                print(progress_line(update, cfg, step, metrics), flush=True)
+            if on_update is not None:
+                on_update(step, metrics)
+
+        if cfg.save_model:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "policy.pt"
+                save_checkpoint(path, agent, cfg)
+                tracker.log_artifact(path, "model")
+    envs.close()
+    eval_envs.close()
+    return result
+
+
+def summary(cfg: TrainConfig, result: TrainResult) -> str:
+    lines = [
+        f"final evaluation: {result.final_eval:.1f} mean return over {cfg.eval.episodes} episodes"
+    ]
+    if result.run_id is not None:
+        uri = tracking_uri(cfg.tracking)
+        lines += [
+            f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})",
+            f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
+            "--port 5000 --workers 1",
+        ]
+    return "\n".join(lines)
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(dict_cfg: DictConfig) -> float:
+    """Hydra entrypoint; the return value is the objective a sweeper optimises."""
+    try:
+        cfg = to_train_config(dict_cfg)
+    except ConfigError as err:
+        print(f"error: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
+    command = shlex.join(["python", "-m", "ppo1.train", *sys.argv[1:]])
+    try:
+        result = train(cfg, tags={"ppo1.command": command, "mlflow.source.name": "ppo1.train"})
+    except NonFiniteLossError as err:
+        print(f"error: training diverged: {err}; the MLflow run is marked FAILED", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: the MLflow run is marked KILLED", file=sys.stderr)
+        sys.exit(130)
+    if cfg.verbose:
+        print(summary(cfg, result))
+    return result.final_eval
+
+
+if __name__ == "__main__":
+    main()
