@@ -1,0 +1,33 @@
+"""Shared fixtures: compose the real `conf/` with Hydra, and a throwaway MLflow store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ppo1.config import TrainConfig, register_configs, to_train_config
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# A budget small enough for unit-level training runs.
+TINY = ["total_timesteps=512", "eval.episodes=2", "eval.every=1", "verbose=false"]
+
+
+@pytest.fixture(scope="session")
+def compose_cfg() -> Callable[[list[str]], TrainConfig]:
+    """Compose conf/train.yaml with overrides exactly as the command line would."""
+    register_configs()
+
+    def _compose(overrides: list[str]) -> TrainConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return to_train_config(compose(config_name="train", overrides=overrides))
+
+    return _compose
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

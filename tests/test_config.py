@@ -1,0 +1,143 @@
+"""Every shipped config composes; bad input fails before training with a readable message."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf.errors import ValidationError
+
+from ppo1.config import ConfigError, TrainConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+Compose = Callable[[list[str]], TrainConfig]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("env", "algo", "schedule"),
+    list(itertools.product(options("env"), options("algo"), options("schedule"))),
+)
+def test_every_combination_composes(
+    compose_cfg: Compose, env: str, algo: str, schedule: str
+) -> None:
+    cfg = compose_cfg([f"env={env}", f"algo={algo}", f"schedule={schedule}"])
+    assert cfg.schedule.kind.value == schedule
+    assert cfg.algo.minibatch_size <= cfg.batch_size
+
+
+def test_overrides_reach_the_typed_config(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(
+        ["algo.clip=0.1", "env=acrobot", "schedule=linear", "seed=3", "total_timesteps=50000"]
+    )
+    assert (cfg.algo.clip, cfg.env.id, cfg.seed, cfg.total_timesteps) == (
+        0.1,
+        "Acrobot-v1",
+        3,
+        50000,
+    )
+
+
+def test_sb_ppo1_has_the_stable_baselines_defaults(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["algo=sb_ppo1"])
+    a = cfg.algo
+    assert (a.gamma, a.n_steps, a.clip, a.ent_coef, a.epochs, a.lr, a.minibatch_size) == (
+        0.99,
+        256,
+        0.2,
+        0.01,
+        4,
+        1e-3,
+        64,
+    )
+    assert (a.gae_lambda, a.adam_eps, cfg.schedule.kind.value, cfg.schedule.end) == (
+        0.95,
+        1e-5,
+        "linear",
+        0.0,
+    )
+    # Semantics: clip annealed, vf coefficient 1 (no 1/2 in value_loss), nothing clipped,
+    # per-batch advantage normalisation, partial minibatch dropped, time limits terminal.
+    assert a.anneal_clip and a.vf_coef == 1.0
+    assert a.clip_vf is None and a.max_grad_norm is None and a.target_kl is None
+    assert a.adv_norm.value == "batch" and a.drop_last and not a.bootstrap_truncation
+    assert not a.net.shared and a.net.hidden == [64, 64] and a.net.activation.value == "tanh"
+    assert cfg.env.num_envs == 1
+
+
+def test_notebook_preset(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["algo=notebook"])
+    a = cfg.algo
+    assert (cfg.env.num_envs, a.n_steps, a.epochs, a.minibatch_size, a.lr) == (1, 512, 4, 128, 3e-4)
+    assert (a.clip, a.vf_coef, a.ent_coef, a.max_grad_norm, cfg.seed) == (0.2, 0.5, 0.0, 0.5, 7)
+    assert cfg.num_updates == 40 and cfg.schedule.kind.value == "constant"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.clip=0", "algo.clip must be > 0"),
+        ("algo.clip=-0.1", "algo.clip must be > 0"),
+        ("algo.lr=-1", "algo.lr must be > 0"),
+        ("algo.epochs=0", "algo.epochs must be >= 1"),
+        ("algo.minibatch_size=1000", "algo.minibatch_size=1000 is larger than the batch"),
+        ("env.id=CartPol-v1", "did you mean one of ['CartPole-v1'"),
+        ("algo.gamma=1.5", "algo.gamma must be in (0, 1]"),
+        ("env.num_envs=0", "env.num_envs must be >= 1"),
+    ],
+)
+def test_invalid_values_are_rejected(compose_cfg: Compose, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        compose_cfg([override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.clip=abc", "could not be converted to Float"),
+        ("algo.foo=1", "Key 'foo' not in 'AlgoConfig'"),
+        ("algo.adv_norm=bogus", "expected one of [batch, minibatch, none]"),
+    ],
+)
+def test_bad_types_and_unknown_keys_fail_composition(
+    compose_cfg: Compose, override: str, message: str
+) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError, HydraException)) as err:
+        compose_cfg([override])
+    text = f"{err.value} {err.value.__cause__}"
+    assert message in text
+
+
+def test_unknown_group_option_lists_the_choices(compose_cfg: Compose) -> None:
+    with pytest.raises(HydraException) as err:
+        compose_cfg(["env=foo"])
+    assert "Could not find 'env/foo'" in str(err.value) and "cartpole" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.clip=0", "error: invalid config: algo.clip must be > 0, got 0.0"),
+        ("algo.clip=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+        ("env=foo", "Available options in 'env'"),
+    ],
+)
+def test_cli_exits_nonzero_before_training(override: str, message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppo1.train", override, "tracking.enabled=false"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "update" not in proc.stdout  # no training step ran

@@ -1,0 +1,208 @@
+"""Real training runs: SB PPO1 semantics, determinism, MLflow logging, failure statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ppo1.checkpoint import load_checkpoint
+from ppo1.config import AlgoConfig, TrainConfig
+from ppo1.envs import make_vector_env
+from ppo1.evaluation import evaluate
+from ppo1.networks import ActorCritic
+from ppo1.ppo import Batch, NonFiniteLossError, ppo_update
+from ppo1.rollout import RolloutCollector
+from ppo1.train import train
+
+from .conftest import TINY
+
+Compose = Callable[[list[str]], TrainConfig]
+
+EXPECTED_METRICS = {
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/learning_rate",
+    "charts/clip_range",
+    "losses/policy_loss",
+    "losses/value_loss",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+    "eval/mean_return",
+}
+
+
+def test_sb_ppo1_anneals_lr_and_clip_linearly(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["algo=sb_ppo1", "total_timesteps=1024", *TINY[1:], "tracking.enabled=false"])
+    history = train(cfg).history
+    # The multiplier max(1 - t/T, 0) is taken before each rollout: t = 0, 256, 512, 768.
+    mults = [1.0, 0.75, 0.5, 0.25]
+    assert [h["charts/clip_range"] for h in history] == pytest.approx([0.2 * m for m in mults])
+    assert [h["charts/learning_rate"] for h in history] == pytest.approx([1e-3 * m for m in mults])
+
+
+@pytest.mark.parametrize(("drop_last", "steps_per_epoch"), [(True, 3), (False, 4)])
+def test_partial_minibatch_dropped_like_sb_ppo1(drop_last: bool, steps_per_epoch: int) -> None:
+    torch.manual_seed(0)
+    agent = ActorCritic(4, gym.spaces.Discrete(2), AlgoConfig().net)
+    optimizer = torch.optim.Adam(agent.parameters())
+    n = 250  # 250 / 64: three full minibatches and a partial one of 58
+    obs = torch.randn(n, 4)
+    with torch.no_grad():
+        params, values = agent(obs)
+    actions = agent.dist.sample(params)
+    batch = Batch(
+        obs,
+        actions,
+        agent.dist.log_prob(params, actions),
+        values,
+        params,
+        torch.randn(n),
+        torch.randn(n),
+    )
+    cfg = AlgoConfig(epochs=4, minibatch_size=64, drop_last=drop_last)
+    stats = ppo_update(agent, optimizer, batch, cfg, clip=0.2)
+    adam_steps = optimizer.state[next(agent.parameters())]["step"]
+    assert int(adam_steps) == 4 * steps_per_epoch and stats.epochs == 4
+    assert stats.kl > 0 and stats.ratio.shape == (n,)
+
+
+def test_same_seed_gives_identical_metrics(compose_cfg: Compose) -> None:
+    overrides = ["total_timesteps=1024", *TINY[1:], "tracking.enabled=false", "seed=5"]
+    runs = [train(compose_cfg(overrides)) for _ in range(2)]
+    strip = [[{k: v for k, v in h.items() if k != "charts/SPS"} for h in r.history] for r in runs]
+    assert strip[0] == strip[1]
+    assert [e.ret for e in runs[0].episodes] == [e.ret for e in runs[1].episodes]
+    other = train(compose_cfg([*overrides[:-1], "seed=6"]))
+    assert [e.ret for e in other.episodes] != [e.ret for e in runs[0].episodes]
+
+
+def test_run_is_logged_to_mlflow_and_policy_reloads(
+    compose_cfg: Compose, mlflow_uri: str, tmp_path: Path
+) -> None:
+    cfg = compose_cfg([*TINY, f"tracking.uri={mlflow_uri}", "algo.clip=0.15"])
+    result = train(cfg, tags={"ppo1.command": "pytest"})
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(str(result.run_id))
+    assert run.info.status == "FINISHED"
+    assert run.data.params["algo.clip"] == "0.15"
+    assert run.data.params["env.id"] == "CartPole-v1"
+    assert run.data.params["algo.net.hidden"] == "[64, 64]"
+    assert set(run.data.metrics) >= EXPECTED_METRICS
+    assert run.data.tags["ppo1.command"] == "pytest"
+    # Every metric is stepped by environment timesteps.
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "losses/kl")]
+    assert steps == [256, 512]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "model"} <= artifacts
+    local = client.download_artifacts(run.info.run_id, "model/policy.pt", str(tmp_path))
+    agent, loaded_cfg = load_checkpoint(Path(local))
+    assert loaded_cfg.algo.clip == 0.15
+    env = make_vector_env(loaded_cfg.env, 2)
+    returns = evaluate(agent, env, episodes=2, seed=0)
+    assert len(returns) == 2 and np.all(returns > 0)
+
+
+def test_ctrl_c_marks_run_killed_and_keeps_metrics(compose_cfg: Compose, mlflow_uri: str) -> None:
+    cfg = compose_cfg(["total_timesteps=2048", *TINY[1:], f"tracking.uri={mlflow_uri}"])
+
+    def interrupt_after_two(step: int, _: dict[str, float]) -> None:
+        if step >= 512:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_update=interrupt_after_two)
+    run = MlflowClient(mlflow_uri).search_runs(["1"])[0]
+    assert run.info.status == "KILLED"
+    history = MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "losses/kl")
+    assert [m.step for m in history] == [256, 512]
+
+
+class NanRewardEnv(gym.Env[np.ndarray, int]):
+    """Rewards turn NaN after 300 steps: training must stop with a clear error, run FAILED."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: int):  # type: ignore[override]
+        NanRewardEnv.steps += 1
+        reward = float("nan") if NanRewardEnv.steps > 300 else 1.0
+        return np.zeros(2, np.float32), reward, False, False, {}
+
+
+def test_nan_stops_training_and_marks_run_failed(compose_cfg: Compose, mlflow_uri: str) -> None:
+    gym.register("tests/NanReward-v0", entry_point=NanRewardEnv, max_episode_steps=20)
+    NanRewardEnv.steps = 0
+    cfg = compose_cfg(
+        [
+            "env.id=tests/NanReward-v0",
+            "env.num_envs=1",
+            "algo.n_steps=256",
+            "total_timesteps=2048",
+            *TINY[1:],
+            f"tracking.uri={mlflow_uri}",
+        ]
+    )
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        train(cfg)
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs(["1"])[0]
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["ppo1.error"]
+    # The first update (all rewards finite) was logged and kept.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "losses/kl")] == [256]
+
+
+def test_continuous_actions_train_through_the_same_path(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["env=pendulum", *TINY, "tracking.enabled=false"])
+    result = train(cfg)
+    assert len(result.history) == 2 and np.isfinite(result.final_eval)
+    assert result.history[-1]["losses/kl"] > 0
+
+
+def test_native_cartpole_autoresets_on_the_same_step(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["env.max_episode_steps=5"])
+    env = make_vector_env(cfg.env, 3)
+    obs, _ = env.reset(seed=0)
+    for _ in range(4):
+        obs, *_ = env.step(np.zeros(3, dtype=np.int64))
+    obs, _, terminated, truncated, info = env.step(np.zeros(3, dtype=np.int64))
+    done = terminated | truncated
+    assert done.all() and info["_final_obs"].all()
+    # Returned obs are fresh starts (|state| <= 0.05); the final obs moved away from them.
+    assert np.abs(obs).max() <= 0.05
+    assert not np.allclose(np.stack(info["final_obs"]), obs)
+
+
+def test_truncation_bootstraps_from_the_final_observation(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["env.max_episode_steps=5"])
+    env = make_vector_env(cfg.env, 2)
+    torch.manual_seed(0)
+    agent = ActorCritic(4, env.single_action_space, cfg.algo.net)  # type: ignore[arg-type]
+    collector = RolloutCollector(env, agent, n_steps=12, bootstrap_truncation=True, seed=0)
+    collector.collect()
+    buf = collector.buffer
+    trunc = buf.truncated
+    assert trunc.any() and not (buf.terminated & trunc).any()
+    # At a truncation the next value is V(final obs), not V(reset obs) stored at t + 1.
+    t, n = trunc.nonzero()[0].tolist()
+    assert buf.next_values[t, n] == buf.final_values[t, n]
+    assert buf.next_values[t, n] != buf.values[t + 1, n]
+
+    sb = RolloutCollector(env, agent, n_steps=12, bootstrap_truncation=False, seed=0)
+    sb.collect()
+    assert (sb.buffer.terminated == sb.buffer.dones).all()
