@@ -14,12 +14,14 @@ from mlflow.tracking import MlflowClient
 from ppo1.checkpoint import load_checkpoint
 from ppo1.config import AlgoConfig, TrainConfig
 from ppo1.envs import make_vector_env
+from ppo1.evaluate import main as evaluate_cli
 from ppo1.evaluation import evaluate
 from ppo1.networks import ActorCritic
 from ppo1.ppo import Batch, NonFiniteLossError, ppo_update
 from ppo1.rollout import RolloutCollector
 from ppo1.train import train
 
+from .conftest import CONF_DIR as CONF
 from .conftest import TINY
 
 Compose = Callable[[list[str]], TrainConfig]
@@ -87,7 +89,7 @@ def test_same_seed_gives_identical_metrics(compose_cfg: Compose) -> None:
 
 
 def test_run_is_logged_to_mlflow_and_policy_reloads(
-    compose_cfg: Compose, mlflow_uri: str, tmp_path: Path
+    compose_cfg: Compose, mlflow_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = compose_cfg([*TINY, f"tracking.uri={mlflow_uri}", "algo.clip=0.15"])
     result = train(cfg, tags={"ppo1.command": "pytest"})
@@ -110,6 +112,18 @@ def test_run_is_logged_to_mlflow_and_policy_reloads(
     env = make_vector_env(loaded_cfg.env, 2)
     returns = evaluate(agent, env, episodes=2, seed=0)
     assert len(returns) == 2 and np.all(returns > 0)
+    evaluate_cli([str(result.run_id), "--tracking-uri", mlflow_uri, "--episodes", "3"])
+    assert "CartPole-v1: mean return" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env_name", sorted(p.stem for p in (CONF / "env").glob("*.yaml")))
+def test_every_env_group_builds_and_steps(compose_cfg: Compose, env_name: str) -> None:
+    cfg = compose_cfg([f"env={env_name}"])
+    env = make_vector_env(cfg.env, 2)
+    env.reset(seed=0)
+    _, reward, *_ = env.step(env.action_space.sample())
+    assert reward.shape == (2,)
+    env.close()
 
 
 def test_ctrl_c_marks_run_killed_and_keeps_metrics(compose_cfg: Compose, mlflow_uri: str) -> None:
