@@ -314,6 +314,7 @@ def params_table_figure(params: Mapping[str, Mapping[str, str]]) -> go.Figure:
     fig = go.Figure(go.Table(header={"values": ["param", *labels]}, cells={"values": cells}))
     fig.update_layout(
         title=f"{len(differing)} of {len(keys)} params differ",
-        height=160 + 28 * max(len(differing), 1),
+        height=140 + 30 * (len(differing) + 1),
+        margin={"t": 60, "b": 20},
     )
     return fig
