@@ -11,13 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import plotly.graph_objects as go
-from mlflow.tracking import MlflowClient
 
-from ppo1.config import TrackingConfig
 from ppo1.dashboard import html_page
 from ppo1.plots import Curves, compare_figure, params_table_figure
-from ppo1.runs import RunData, load_run, resolve_runs
-from ppo1.tracking import tracking_uri
+from ppo1.runs import RunData, add_store_argument, load_run, open_store, resolve_runs
 
 # Params that do not change what a run learns, so runs differing only in them are seeds of
 # one configuration.
@@ -60,13 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         help="MLflow search filter for the experiments' runs, e.g. \"params.`algo.clip` = '0.1'\"",
     )
     parser.add_argument("--out", type=Path, default=Path("compare.html"))
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db)",
-    )
+    add_store_argument(parser)
     args = parser.parse_args(argv)
-    client = MlflowClient(args.tracking_uri or tracking_uri(TrackingConfig()))
+    client = open_store(args.tracking_uri)
     runs = [load_run(client, run) for run in resolve_runs(client, args.targets, args.filter)]
     page = html_page(f"ppo1: {len(runs)} runs compared", compare_figures(runs))
     args.out.write_text(page, encoding="utf-8")

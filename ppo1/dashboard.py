@@ -12,14 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
-from mlflow.tracking import MlflowClient
 from plotly.offline import get_plotlyjs
 
 from ppo1 import plots
-from ppo1.config import TrackingConfig
 from ppo1.ratios import to_json
-from ppo1.runs import SNAPSHOTS_FILE, RunData, get_run, load_run
-from ppo1.tracking import tracking_uri
+from ppo1.runs import SNAPSHOTS_FILE, RunData, add_store_argument, get_run, load_run, open_store
 
 DASHBOARD = "dashboard.html"
 _STYLE = "body{font-family:sans-serif;margin:1em 2em}.plot{margin-bottom:1.5em}"
@@ -81,19 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("run_id", help="MLflow run id")
     parser.add_argument("--out", type=Path, default=None, help="folder (default: figures-<id8>)")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db)",
-    )
+    add_store_argument(parser)
     args = parser.parse_args(argv)
-    client = MlflowClient(args.tracking_uri or tracking_uri(TrackingConfig()))
+    client = open_store(args.tracking_uri)
     run = load_run(client, get_run(client, args.run_id))
     folder = args.out or Path(f"figures-{args.run_id[:8]}")
     write_figures(folder, run)
-    print(
-        f"wrote {folder / DASHBOARD} (open it in a browser, no network needed) and {folder}/json/"
-    )
+    print(f"wrote {folder / DASHBOARD} (opens offline in any browser) and {folder}/json/")
 
 
 if __name__ == "__main__":

@@ -66,3 +66,12 @@ class FigureLogger:
             for path in write_figures(Path(tmp), run, page=page):
                 folder = PurePosixPath(FIGURES_DIR, *path.parent.relative_to(tmp).parts)
                 self.tracker.log_artifact(path, str(folder))
+
+
+def figures_hint(cfg: TrainConfig, run_id: str) -> list[str]:
+    """The closing summary's line on where the run's figures are."""
+    if cfg.tracking.figures is FiguresMode.none:
+        return []
+    return [
+        f"figures: its Artifacts tab, {FIGURES_DIR}/; as files: python -m ppo1.dashboard {run_id}"
+    ]

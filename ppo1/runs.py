@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import tempfile
@@ -11,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ppo1.config import TrackingConfig
 from ppo1.plots import EPISODIC_RETURN, Curves, Series
 from ppo1.ratios import RatioSnapshot, from_json
 from ppo1.rollout import Episode
+from ppo1.tracking import tracking_uri
 
 # The run's figures and their ratio data live under this artifact folder.
 FIGURES_DIR = "figures"
@@ -43,6 +47,21 @@ def curves_from_history(history: Sequence[dict[str, float]], episodes: Sequence[
         np.array([e.ret for e in episodes], dtype=np.float64),
     )
     return curves
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db)",
+    )
+
+
+def open_store(uri: str | None) -> MlflowClient:
+    """A client on `uri` or the default store, for the command-line tools."""
+    # The commands print one line of their own; MLflow's download progress bars are noise.
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # type: ignore[no-untyped-call]
+    return MlflowClient(uri or tracking_uri(TrackingConfig()))
 
 
 def run_label(run: Run) -> str:

@@ -20,7 +20,7 @@ from ppo1.checkpoint import build_agent, save_checkpoint
 from ppo1.config import ConfigError, TrainConfig, register_configs, to_plain_dict, to_train_config
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
-from ppo1.figure_logger import FigureLogger
+from ppo1.figure_logger import FigureLogger, figures_hint
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector, gae
 from ppo1.schedules import multiplier, progress
@@ -162,6 +162,7 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
             f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
             "--port 5000 --workers 1",
         ]
+        lines += figures_hint(cfg, result.run_id)
     return "\n".join(lines)
 
 
