@@ -68,15 +68,20 @@ def reward_figure(steps: np.ndarray, returns: np.ndarray, window: int = 20) -> g
     return fig
 
 
-def _eps_lines(fig: go.Figure, clip: float, **where: int) -> None:
+def _eps_lines(fig: go.Figure, clip: float) -> None:
     """Vertical lines at 1 - eps, 1 and 1 + eps (the clipped surrogate's flat region edges)."""
-    for x, text in ((1.0 - clip, "1-ε"), (1.0, "1"), (1.0 + clip, "1+ε")):
-        line = _EPS_LINE if x != 1.0 else {"dash": "dot", "color": "gray", "width": 1}
-        fig.add_vline(x=x, line=line, annotation_text=text, **where)
+    one = {"dash": "dot", "color": "gray", "width": 1}
+    for x, text, line in (
+        (1.0 - clip, "1-ε", _EPS_LINE),
+        (1.0, "1", one),
+        (1.0 + clip, "1+ε", _EPS_LINE),
+    ):
+        fig.add_vline(x=x, line=line, annotation_text=text)
 
 
 def ratio_histogram_figure(ratio: np.ndarray, clip: float) -> go.Figure:
-    """Distribution of r_t = pi_new / pi_old over the last rollout, with 1 +- eps marked."""
+    """Distribution of r_t = pi_new / pi_old over the last rollout (its logged sample), with
+    1 +- eps marked."""
     fig = go.Figure(go.Histogram(x=ratio, name="r_t", nbinsx=60))
     _eps_lines(fig, clip)
     fig.update_layout(
