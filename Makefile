@@ -23,7 +23,15 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: lint
+# The browser tests drive Debian's Chromium (never a browser download of Playwright's own).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+test: lint $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)

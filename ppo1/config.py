@@ -48,6 +48,14 @@ class Activation(Enum):
     relu = "relu"
 
 
+class FiguresMode(Enum):
+    """What a run logs of its Plotly diagnostics (see ppo1/figure_logger.py)."""
+
+    full = "full"  # dashboard.html (plotly.js inlined once, ~5 MB) + figure JSON + ratio data
+    light = "light"  # figure JSON + ratio data (~0.5 MB); `python -m ppo1.dashboard` renders it
+    none = "none"
+
+
 class ScheduleKind(Enum):
     constant = "constant"
     linear = "linear"
@@ -203,6 +211,19 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "ppo1"
     run_name: str | None = None
+    figures: FiguresMode = FiguresMode.full
+    # Also log the figures every this many updates (0: only at the end of the run).
+    figures_every: int = 0
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (
+                    self.figures_every < 0,
+                    f"tracking.figures_every must be >= 0, got {self.figures_every}",
+                )
+            ]
+        )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ppo1.checkpoint import build_agent, save_checkpoint
 from ppo1.config import ConfigError, TrainConfig, register_configs, to_plain_dict, to_train_config
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
+from ppo1.figure_logger import FigureLogger, figures_hint
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector, gae
 from ppo1.schedules import multiplier, progress
@@ -91,6 +92,7 @@ def train(
     plain = to_plain_dict(cfg)
     with Tracker(cfg.tracking, plain, tags) as tracker:
         result.run_id = tracker.run_id
+        figures = FigureLogger(cfg, tracker)
         tracker.log_text(OmegaConf.to_yaml(plain), "config.yaml")
         start = time.perf_counter()
         for update in range(1, cfg.num_updates + 1):
@@ -116,6 +118,7 @@ def train(
             )
 
             step = collector.global_step
+            figures.record(update, step, clip, stats)
             recent.extend(episodes)
             result.episodes += episodes
             metrics = update_metrics(stats, lr, clip, step / (time.perf_counter() - start), recent)
@@ -132,6 +135,7 @@ def train(
             tracker.log_metrics(metrics, step)
             tracker.flush()
             result.history.append({"step": float(step), **metrics})
+            figures.maybe_log(update, result)
             if cfg.verbose:
                 print(progress_line(update, cfg, step, metrics), flush=True)
             if on_update is not None:
@@ -158,6 +162,7 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
             f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
             "--port 5000 --workers 1",
         ]
+        lines += figures_hint(cfg, result.run_id)
     return "\n".join(lines)
 
 

@@ -1,0 +1,77 @@
+"""Logs a run's Plotly diagnostics to MLflow while it trains (`tracking.figures`)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ppo1.config import AdvNorm, FiguresMode, TrainConfig
+from ppo1.dashboard import write_figures
+from ppo1.ppo import UpdateStats, normalize_advantages
+from ppo1.ratios import RatioSnapshot, summarize
+from ppo1.runs import FIGURES_DIR, RunData, curves_from_history, run_label
+from ppo1.tracking import Tracker
+
+if TYPE_CHECKING:
+    from ppo1.train import TrainResult
+
+# (r_t, A_t) pairs kept of the last rollout: enough to see the clipped regions, ~40 kB.
+MAX_POINTS = 1024
+
+
+class FigureLogger:
+    """Summarises r_t after every update and logs the figures under `figures/` of the run:
+    every `tracking.figures_every` updates (overwriting) and after the last one."""
+
+    def __init__(self, cfg: TrainConfig, tracker: Tracker) -> None:
+        self.cfg, self.tracker = cfg, tracker
+        self.enabled = tracker.client is not None and cfg.tracking.figures is not FiguresMode.none
+        self.snapshots: list[RatioSnapshot] = []
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def record(self, update: int, step: int, clip: float, stats: UpdateStats) -> None:
+        if not self.enabled:
+            return
+        advantages = stats.advantages
+        # With per-minibatch normalisation the sign of A_t that decided clipping is that of
+        # A_t minus its minibatch mean; the batch mean is the closest stand-in (exact when one
+        # minibatch is the whole batch, as in algo=ppo_clip).
+        if self.cfg.algo.adv_norm is AdvNorm.minibatch:
+            advantages = normalize_advantages(advantages, AdvNorm.minibatch)
+        if self.snapshots:  # only the latest snapshot keeps its (r, A) sample
+            self.snapshots[-1].ratio, self.snapshots[-1].advantages = [], []
+        self.snapshots.append(
+            summarize(
+                update, step, clip, stats.ratio.numpy(), advantages.numpy(), MAX_POINTS, self.rng
+            )
+        )
+
+    def maybe_log(self, update: int, result: TrainResult) -> None:
+        every = self.cfg.tracking.figures_every
+        if self.enabled and (update == self.cfg.num_updates or (every and update % every == 0)):
+            self.log(result)
+
+    def log(self, result: TrainResult) -> None:
+        assert self.tracker.client is not None and self.tracker.run_id is not None
+        run = RunData(
+            run_label(self.tracker.client.get_run(self.tracker.run_id)),
+            curves_from_history(result.history, result.episodes),
+            snapshots=self.snapshots,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            page = self.cfg.tracking.figures is FiguresMode.full
+            for path in write_figures(Path(tmp), run, page=page):
+                folder = PurePosixPath(FIGURES_DIR, *path.parent.relative_to(tmp).parts)
+                self.tracker.log_artifact(path, str(folder))
+
+
+def figures_hint(cfg: TrainConfig, run_id: str) -> list[str]:
+    """The closing summary's line on where the run's figures are."""
+    if cfg.tracking.figures is FiguresMode.none:
+        return []
+    return [
+        f"figures: its Artifacts tab, {FIGURES_DIR}/; as files: python -m ppo1.dashboard {run_id}"
+    ]

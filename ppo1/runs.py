@@ -1,0 +1,117 @@
+"""A run's logged data (metric curves, params, ratio snapshots), from memory or from MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ppo1.config import TrackingConfig
+from ppo1.plots import EPISODIC_RETURN, Curves, Series
+from ppo1.ratios import RatioSnapshot, from_json
+from ppo1.rollout import Episode
+from ppo1.tracking import tracking_uri
+
+# The run's figures and their ratio data live under this artifact folder.
+FIGURES_DIR = "figures"
+SNAPSHOTS_FILE = "ratio_snapshots.json"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class RunData:
+    label: str
+    curves: Curves
+    params: dict[str, str] = field(default_factory=dict)
+    snapshots: list[RatioSnapshot] = field(default_factory=list)
+
+
+def curves_from_history(history: Sequence[dict[str, float]], episodes: Sequence[Episode]) -> Curves:
+    """Per-update metric dicts (each with its 'step') and the episodes, as curves by name."""
+    curves: dict[str, Series] = {}
+    for key in {k for row in history for k in row} - {"step"}:
+        rows = [row for row in history if key in row]
+        curves[key] = (np.array([r["step"] for r in rows]), np.array([r[key] for r in rows]))
+    curves[EPISODIC_RETURN] = (
+        np.array([e.step for e in episodes]),
+        np.array([e.ret for e in episodes], dtype=np.float64),
+    )
+    return curves
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db)",
+    )
+
+
+def open_store(uri: str | None) -> MlflowClient:
+    """A client on `uri` or the default store, for the command-line tools."""
+    # The commands print one line of their own; MLflow's download progress bars are noise.
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # type: ignore[no-untyped-call]
+    return MlflowClient(uri or tracking_uri(TrackingConfig()))
+
+
+def run_label(run: Run) -> str:
+    return f"{run.info.run_name} ({run.info.run_id[:8]})"
+
+
+def load_run(client: MlflowClient, run: Run) -> RunData:
+    """Every metric's full history, the params and, when logged, the ratio snapshots."""
+    run_id = run.info.run_id
+    curves: dict[str, Series] = {}
+    for key in run.data.metrics:
+        # Metrics at one step keep the order they were logged in (several episodes can end
+        # on the same vector-env step).
+        history = sorted(
+            client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)
+        )
+        curves[key] = (np.array([m.step for m in history]), np.array([m.value for m in history]))
+    snapshots: list[RatioSnapshot] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, f"{FIGURES_DIR}/{SNAPSHOTS_FILE}", tmp)
+            snapshots = from_json(json.loads(Path(path).read_text()))
+        except (MlflowException, OSError):
+            pass  # logged with tracking.figures=none, or before the run's first snapshot
+    return RunData(run_label(run), curves, dict(run.data.params), snapshots)
+
+
+def get_run(client: MlflowClient, run_id: str) -> Run:
+    """The run with this id, or one readable error."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        raise SystemExit(f"error: no run {run_id!r} in {client.tracking_uri}") from err
+
+
+def resolve_runs(client: MlflowClient, targets: Sequence[str], filter_string: str) -> list[Run]:
+    """Run ids and experiment names -> runs; `filter_string` (MLflow search syntax) narrows the
+    experiments' runs. Fails with one message naming what matched nothing."""
+    runs: list[Run] = []
+    for target in targets:
+        experiment = client.get_experiment_by_name(target)
+        if experiment is not None:
+            found = client.search_runs(
+                [experiment.experiment_id], filter_string, order_by=["attributes.start_time ASC"]
+            )
+            if not found:
+                raise SystemExit(f"error: no runs in experiment {target!r} match {filter_string!r}")
+            runs += found
+        elif _RUN_ID.fullmatch(target):
+            runs.append(get_run(client, target))
+        else:
+            raise SystemExit(f"error: {target!r} is neither a run id nor an experiment name")
+    return runs
