@@ -226,6 +226,83 @@ class TrackingConfig:
         )
 
 
+class Objective(Enum):
+    """What a sweep trial maximises, per seed, then averaged over `sweep.seeds` seeds."""
+
+    final = "final"  # the last evaluation's mean return
+    best = "best"  # the best evaluation's mean return
+    auc = "auc"  # area under the evaluation curve / steps: the mean return over training
+
+
+class KLMetric(Enum):
+    """The KL the KL pruner watches: exact analytic KL(old||new) or the k3 estimate."""
+
+    kl = "losses/kl"
+    approx_kl = "losses/approx_kl"
+
+
+@dataclass
+class KLPrunerConfig:
+    """Prune a trial whose update KL exceeds `threshold` for `patience` updates in a row."""
+
+    metric: KLMetric = KLMetric.kl
+    threshold: float = 0.1
+    patience: int = 3
+    # Updates at the start of each seed's training that the rule ignores.
+    warmup_updates: int = 2
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (not self.threshold > 0, f"sweep.kl.threshold must be > 0, got {self.threshold}"),
+                (self.patience < 1, f"sweep.kl.patience must be >= 1, got {self.patience}"),
+                (
+                    self.warmup_updates < 0,
+                    f"sweep.kl.warmup_updates must be >= 0, got {self.warmup_updates}",
+                ),
+            ]
+        )
+
+
+@dataclass
+class SweepConfig:
+    """An Optuna study run as a Hydra multirun; filled in by `sweeps/<name>.yaml`."""
+
+    study_name: str = "ppo1"
+    # A journal file (any number of processes on one machine) or an RDB URL such as
+    # postgresql+psycopg://... (across machines); null: mlruns/optuna/<study_name>.journal.
+    storage: str | None = None
+    # Total trials of the study: re-running the command resumes up to this many.
+    n_trials: int = 20
+    # Trials asked per launcher batch (a parallel launcher runs them at once).
+    n_jobs: int = 1
+    seeds: int = 1
+    objective: Objective = Objective.auc
+    # Search space: config key -> Hydra sweep syntax, e.g. tag(log, interval(1e-4, 1e-2)).
+    params: dict[str, str] = field(default_factory=dict)
+    # Built with hydra.utils.instantiate.
+    sampler: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0}
+    )
+    # The conventional pruner on the evaluation returns; null: none.
+    pruner: dict[str, Any] | None = None
+    # The KL rule, checked before `pruner`; null: no KL pruning.
+    kl: KLPrunerConfig | None = None
+    # Set by the sweeper for each job it launches: the number of the trial the job runs.
+    trial: int | None = None
+
+    def __post_init__(self) -> None:
+        _raise_if(
+            [
+                (not self.study_name, "sweep.study_name must not be empty"),
+                (self.n_trials < 1, f"sweep.n_trials must be >= 1, got {self.n_trials}"),
+                (self.n_jobs < 1, f"sweep.n_jobs must be >= 1, got {self.n_jobs}"),
+                (self.seeds < 1, f"sweep.seeds must be >= 1, got {self.seeds}"),
+                (not self.params, "sweep.params is empty: name at least one key to search"),
+            ]
+        )
+
+
 @dataclass
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -240,6 +317,8 @@ class TrainConfig:
     # Print one progress line per update.
     verbose: bool = True
     save_model: bool = True
+    # Set by `sweep=<name>` (an Optuna sweep, run with -m); null for a plain training run.
+    sweep: SweepConfig | None = None
 
     @property
     def batch_size(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from optuna import TrialPruned
 
 from ppo1.config import TrackingConfig
 
@@ -160,6 +161,10 @@ class Tracker:
         self.flush()
         if exc is None:
             status = RunStatus.FINISHED
+        elif isinstance(exc, TrialPruned):
+            # A sweep stopped this run on purpose (KL divergence, poor returns): not a failure.
+            status = RunStatus.KILLED
+            self.set_tags({"ppo1.pruned": str(exc)[:5000]})
         else:
             status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
             self.set_tags({"ppo1.error": f"{type(exc).__name__}: {exc}"[:5000]})

@@ -25,6 +25,7 @@ from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector, gae
 from ppo1.schedules import multiplier, progress
 from ppo1.tracking import Tracker, tracking_uri
+from ppo1.trial import run_trial
 
 # Called after every update with (env steps so far, that update's metrics); may raise to stop.
 UpdateHook = Callable[[int, dict[str, float]], None]
@@ -177,6 +178,15 @@ def main(dict_cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"error: invalid config: {err}", file=sys.stderr)
         sys.exit(2)
+    if cfg.sweep is not None:
+        if cfg.sweep.trial is None:
+            print(
+                "error: a sweep runs as a multirun: python -m ppo1.train -m sweep=NAME",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        # A job of the sweep: pruned or failed trials go back to the sweeper as exceptions.
+        return run_trial(cfg, train)
     command = shlex.join(["python", "-m", "ppo1.train", *sys.argv[1:]])
     try:
         result = train(cfg, tags={"ppo1.command": command, "mlflow.source.name": "ppo1.train"})

@@ -1,0 +1,232 @@
+"""`hydra/sweeper=ppo1_optuna`: an Optuna study as a Hydra multirun, by ask-and-tell.
+
+The sweeper asks trials, launches one job per trial through Hydra's launcher with the trial's
+params and number as overrides, and tells each trial COMPLETE, PRUNED or FAIL from the job's
+return. A job reports to its own trial through the study's storage (ppo1.trial), so any launcher
+works and several sweep processes can share one study. Hydra loads plugins only from the
+`hydra_plugins` namespace package; the logic lives in `ppo1`.
+"""
+
+# No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
+# where dataclasses cannot resolve string annotations.
+import json
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import optuna
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from ppo1.config import ConfigError, SweepConfig, TrackingConfig, to_train_config
+from ppo1.pruning import PRUNE_REASON_ATTR
+from ppo1.search_space import overrides, search_space
+from ppo1.study import (
+    INTERRUPTED_ATTR,
+    PARENT_RUN_ATTR,
+    counted_trials,
+    create_study,
+    open_storage,
+    storage_spec,
+    study_lock,
+)
+from ppo1.study_report import best_trial_summary, figures_html, rerun_command, study_figures
+from ppo1.study_run import open_study_run
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.ppo1_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="ppo1_optuna", node=OptunaSweeperConf, provider="ppo1"
+)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self) -> None:
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
+        self.launcher: Launcher | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _job_config(self, job_overrides: Sequence[str]) -> DictConfig:
+        """The config a job gets (without `hydra`), composed here to check it before launching."""
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job_overrides))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        assert self.config is not None and self.launcher is not None
+        if self.config.get("sweep") is None:
+            raise ConfigError("hydra/sweeper=ppo1_optuna needs a sweep: add sweep=NAME")
+        sweep = OmegaConf.to_object(self.config.sweep)
+        tracking = OmegaConf.to_object(self.config.tracking)
+        assert isinstance(sweep, SweepConfig) and isinstance(tracking, TrackingConfig)
+        fixed, specs = self._split(arguments)
+        space = search_space({**sweep.params, **specs})
+        spec = storage_spec(sweep)
+        study = create_study(sweep, open_storage(spec))
+        with study_lock(spec):
+            parent = open_study_run(tracking, sweep, spec)
+        print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        returns: list[JobReturn] = []
+        try:
+            while trials := self._ask(study, sweep, space, spec, parent):
+                returns += self._run(study, trials, fixed, len(returns))
+        except BaseException:
+            if parent is not None:
+                parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.KILLED))
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        self._finish(study, space, fixed, parent)
+        return returns
+
+    def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
+        """Command-line overrides: plain ones go to every job, sweeps join the search space."""
+        assert self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        fixed: list[str] = []
+        specs: dict[str, str] = {}
+        for line, override in zip(arguments, parser.parse_overrides(arguments), strict=True):
+            if override.is_sweep_override():
+                specs[override.get_key_element()] = line.split("=", 1)[1]
+            else:
+                fixed.append(line)
+        return fixed, specs
+
+    def _ask(
+        self,
+        study: optuna.Study,
+        sweep: SweepConfig,
+        space: dict[str, BaseDistribution],
+        spec: str,
+        parent: tuple[MlflowClient, str] | None,
+    ) -> list[optuna.Trial]:
+        """The next batch: up to n_jobs trials, never past n_trials counting every process's."""
+        with study_lock(spec):
+            count = min(sweep.n_jobs, sweep.n_trials - counted_trials(study))
+            trials = [study.ask(space) for _ in range(max(count, 0))]
+            for trial in trials:
+                if parent is not None:
+                    trial.set_user_attr(PARENT_RUN_ATTR, parent[1])
+        return trials
+
+    def _run(
+        self, study: optuna.Study, trials: list[optuna.Trial], fixed: list[str], job_idx: int
+    ) -> list[JobReturn]:
+        """Launch the trials that compose to a valid config; tell every trial its end."""
+        assert self.launcher is not None
+        launched, batch = [], []
+        for trial in trials:
+            job = [*fixed, *overrides(trial.params), f"sweep.trial={trial.number}"]
+            try:
+                to_train_config(self._job_config(job))
+            except ConfigError as err:
+                trial.set_user_attr("fail_reason", f"invalid config: {err}")
+                study.tell(trial, state=TrialState.FAIL)
+                print(f"trial {trial.number}: FAIL, invalid config: {err}", flush=True)
+                continue
+            launched.append(trial)
+            batch.append(job)
+        if not batch:
+            return []
+        try:
+            results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
+        except BaseException:
+            # Interrupted: give the trials back, so that a resumed sweep runs their slots again.
+            for trial in launched:
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        for trial, result in zip(launched, results, strict=True):
+            print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
+        return results
+
+    def _finish(
+        self,
+        study: optuna.Study,
+        space: dict[str, BaseDistribution],
+        fixed: list[str],
+        parent: tuple[MlflowClient, str] | None,
+    ) -> None:
+        """Log figures and the best trial on the parent run; print where to look."""
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        command = None
+        if complete:
+            best = self._job_config([*fixed, *overrides(study.best_trial.params)])
+            default = self._job_config([])
+            command = rerun_command(_plain(best), _plain(default))
+            print(f"best trial {study.best_trial.number}: {study.best_value:.2f}", flush=True)
+            print(f"re-run it: {command}", flush=True)
+        if parent is None:
+            return
+        client, run_id = parent
+        figures = study_figures(study, list(space))
+        client.log_text(run_id, figures_html(study.study_name, figures), "optuna/report.html")
+        if complete and command is not None:
+            summary = best_trial_summary(study)
+            client.log_text(run_id, json.dumps(summary, indent=2), "best/summary.json")
+            client.log_text(run_id, command + "\n", "best/command.txt")
+            client.log_text(run_id, OmegaConf.to_yaml(_rerun_config(best)), "best/config.yaml")
+            client.set_tag(run_id, "optuna.best_trial", str(summary["best_trial"]))
+            client.log_metric(run_id, "best_value", study.best_value)
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        print(f"MLflow parent run {run_id}: figures in optuna/report.html", flush=True)
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
+
+
+def _rerun_config(cfg: DictConfig) -> DictConfig:
+    """The best job's config without its `sweep` node: a plain training config."""
+    with open_dict(cfg):
+        del cfg["sweep"]
+    return cfg
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
+    """Tell the trial how its job ended; returns a one-line summary."""
+    # `result.return_value` would re-raise a job's exception after printing every override.
+    outcome = result._return_value
+    if result.status is JobStatus.COMPLETED:
+        study.tell(trial, float(outcome))
+        return f"COMPLETE, objective {float(outcome):.2f}"
+    if isinstance(outcome, optuna.TrialPruned):
+        study.tell(trial, state=TrialState.PRUNED)
+        return f"PRUNED, {trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)}"
+    trial.set_user_attr("fail_reason", f"{type(outcome).__name__}: {outcome}")
+    study.tell(trial, state=TrialState.FAIL)
+    return f"FAIL, {type(outcome).__name__}: {outcome}"

@@ -1,0 +1,91 @@
+"""KL-based pruning: stop a trial whose policy updates diverge, and the hook that reports to it.
+
+The hook runs in the job process: it finds nothing in memory, only its trial in the study's
+storage, so any Hydra launcher and any number of sweep processes work. The KL series of the
+current seed lives in the trial's user attrs, where the pruner (and anyone reading the study)
+sees it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import optuna
+from hydra.utils import instantiate
+from optuna.pruners import BasePruner, NopPruner
+from optuna.trial import FrozenTrial
+
+from ppo1.config import KLPrunerConfig, SweepConfig
+
+KL_ATTR = "kl"
+PRUNE_REASON_ATTR = "prune_reason"
+
+
+def kl_divergence_reason(kls: Sequence[float], cfg: KLPrunerConfig) -> str | None:
+    """Why the rule fires: the last `patience` KLs after warm-up all above threshold (or NaN)."""
+    tail = list(kls[cfg.warmup_updates :])[-cfg.patience :]
+    # `not kl <= threshold` also counts NaN/inf as diverged.
+    if len(tail) < cfg.patience or any(kl <= cfg.threshold for kl in tail):
+        return None
+    shown = ", ".join(f"{kl:.3g}" for kl in tail)
+    return (
+        f"{cfg.metric.value} above {cfg.threshold} for {cfg.patience} updates in a row "
+        f"(updates {len(kls) - cfg.patience + 1}-{len(kls)}: {shown})"
+    )
+
+
+class KLPruner(BasePruner):
+    """Prunes on diverging KL; otherwise defers to a conventional pruner on the objective."""
+
+    def __init__(self, cfg: KLPrunerConfig, objective_pruner: BasePruner | None = None) -> None:
+        self.cfg = cfg
+        self.objective_pruner = objective_pruner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if kl_divergence_reason(trial.user_attrs.get(KL_ATTR, []), self.cfg) is not None:
+            return True
+        return self.objective_pruner is not None and self.objective_pruner.prune(study, trial)
+
+
+def build_pruner(sweep: SweepConfig) -> BasePruner:
+    """The sweep's pruner: the KL rule (if any) in front of the objective pruner (if any)."""
+    objective: BasePruner | None = instantiate(sweep.pruner) if sweep.pruner else None
+    if sweep.kl is not None:
+        return KLPruner(sweep.kl, objective)
+    return objective or NopPruner()
+
+
+class TrialReporter:
+    """The `on_update` hook of one seed's training: reports to the trial, raises TrialPruned.
+
+    Evaluation returns are reported at `step_offset + step`, so the seeds of a trial line up
+    one after another on the objective pruner's step axis, the same way in every trial.
+    """
+
+    def __init__(self, trial: optuna.Trial, kl: KLPrunerConfig | None, step_offset: int) -> None:
+        self.trial = trial
+        self.kl = kl
+        self.step_offset = step_offset
+        self.kls: list[float] = []
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if self.kl is not None:
+            value = metrics[self.kl.metric.value]
+            self.kls.append(value if math.isfinite(value) else math.inf)
+            self.trial.set_user_attr(KL_ATTR, self.kls)
+        if "eval/mean_return" in metrics:
+            self.trial.report(metrics["eval/mean_return"], self.step_offset + step)
+        if not self.trial.should_prune():
+            return
+        reason = self.kl and kl_divergence_reason(self.kls, self.kl)
+        if not reason:
+            pruner = self.trial.study.pruner
+            if isinstance(pruner, KLPruner) and pruner.objective_pruner is not None:
+                pruner = pruner.objective_pruner
+            reason = (
+                f"evaluation return pruned by {type(pruner).__name__} "
+                f"at step {self.step_offset + step}"
+            )
+        self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        raise optuna.TrialPruned(reason)

@@ -1,0 +1,83 @@
+"""The Optuna study of a sweep: its storage, the lock around asking, and finding one trial."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from hydra.utils import instantiate
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from ppo1.config import SweepConfig
+from ppo1.tracking import project_root
+
+# Trial user attrs the sweeper writes for its jobs and for resuming.
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+INTERRUPTED_ATTR = "interrupted"
+
+
+def storage_spec(sweep: SweepConfig) -> str:
+    """sweep.storage, else a journal file under the project's mlruns/ named after the study."""
+    default = project_root() / "mlruns" / "optuna" / f"{sweep.study_name}.journal"
+    return sweep.storage or str(default)
+
+
+def _is_url(spec: str) -> bool:
+    return "://" in spec
+
+
+def open_storage(spec: str) -> BaseStorage:
+    """An RDB URL, or a journal file path: Optuna's multi-process store on one machine."""
+    if _is_url(spec):
+        return RDBStorage(spec)
+    path = Path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+@contextmanager
+def study_lock(spec: str) -> Iterator[None]:
+    """Serialise count-then-ask across sweep processes sharing a journal file.
+
+    Without it two processes could both see one trial left and both ask it. RDB storages get
+    no lock: there, concurrent sweeps may overshoot n_trials by up to n_jobs per process.
+    """
+    if _is_url(spec):
+        yield
+        return
+    with open(f"{spec}.ask.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def create_study(sweep: SweepConfig, storage: BaseStorage) -> optuna.Study:
+    """Create the study, or load it to resume or to join other sweep processes."""
+    return optuna.create_study(
+        storage=storage,
+        study_name=sweep.study_name,
+        sampler=instantiate(sweep.sampler),
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count toward n_trials: all but those an interrupted sweep gave back."""
+    return sum(
+        not (t.state is TrialState.FAIL and t.user_attrs.get(INTERRUPTED_ATTR))
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def find_trial(study: optuna.Study, storage: BaseStorage, number: int) -> optuna.Trial:
+    """The live trial `number` of `study`, as the sweeper asked it, looked up in the storage."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))

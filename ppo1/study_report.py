@@ -1,0 +1,88 @@
+"""What the parent run of a study shows: Optuna's figures, offline, and the best trial to re-run."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shlex
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from optuna import visualization as vis
+from optuna.trial import TrialState
+
+# Keys a re-run should not copy from a sweep job: the sweep itself and its quiet, light output.
+_NOT_RERUN = ("sweep", "hydra", "verbose", "save_model")
+
+
+def study_figures(study: optuna.Study, params: list[str]) -> dict[str, go.Figure]:
+    """Optuna's Plotly figures; intermediate values show where pruned trials stopped."""
+    figures = {
+        "optimization history": vis.plot_optimization_history(study),
+        "intermediate values (evaluation return)": vis.plot_intermediate_values(study),
+        "parallel coordinates": vis.plot_parallel_coordinate(study, params=params),
+        "slice": vis.plot_slice(study, params=params),
+    }
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2:  # both need two finished trials to say anything
+        figures["parameter importances"] = vis.plot_param_importances(study, params=params)
+        if len(params) >= 2:
+            figures["contour"] = vis.plot_contour(study, params=params)
+    return figures
+
+
+def figures_html(title: str, figures: dict[str, go.Figure]) -> str:
+    """One self-contained page: plotly.js inlined once, so it renders offline and in MLflow."""
+    parts = [
+        f"<h2>{html.escape(name)}</h2>"
+        + fig.to_html(full_html=False, include_plotlyjs=i == 0, default_height="520px")
+        for i, (name, fig) in enumerate(figures.items())
+    ]
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"</head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+    )
+
+
+def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'algo': {'clip': 0.2}} -> {'algo.clip': 0.2}, values kept as they are."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def override_value(value: Any) -> str:
+    """A config value in Hydra's override grammar: null, true, 0.001, [64,64], "a b"."""
+    if isinstance(value, str) and re.fullmatch(r"[\w.:\-/]+", value):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def rerun_command(best: dict[str, Any], default: dict[str, Any]) -> str:
+    """The `python -m ppo1.train key=value ...` that trains `best`: its keys that differ from
+    the defaults, other than the sweep's own."""
+    base = leaves(default)
+    changed = [
+        f"{key}={override_value(value)}"
+        for key, value in leaves(best).items()
+        if key.split(".")[0] not in _NOT_RERUN and base.get(key) != value
+    ]
+    return shlex.join(["python", "-m", "ppo1.train", *changed])
+
+
+def best_trial_summary(study: optuna.Study) -> dict[str, Any]:
+    """The best trial and the count of trials per state, as logged on the parent run."""
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    best = study.best_trial
+    return {
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "trials": {name: states.count(name) for name in sorted(set(states))},
+    }

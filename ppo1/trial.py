@@ -1,0 +1,93 @@
+"""One sweep job: find its trial in the study's storage, train each seed, return the objective."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from ppo1.config import SweepConfig, TrainConfig, to_plain_dict
+from ppo1.objectives import objective_value
+from ppo1.ppo import NonFiniteLossError
+from ppo1.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
+from ppo1.study import PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
+from ppo1.tracking import Tracker
+
+if TYPE_CHECKING:
+    from ppo1.train import TrainResult, UpdateHook
+
+# ppo1.train.train, passed in by the entrypoint (this module is imported by ppo1.train).
+TrainFn = Callable[[TrainConfig, "UpdateHook | None", "dict[str, str] | None"], "TrainResult"]
+
+
+def trial_tags(sweep: SweepConfig, number: int, parent_run_id: str | None) -> dict[str, str]:
+    tags = {
+        "ppo1.role": "trial",
+        "optuna.study_name": sweep.study_name,
+        "optuna.trial_number": str(number),
+        "mlflow.runName": f"{sweep.study_name}-trial-{number}",
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tags
+
+
+def train_seeds(
+    train: TrainFn, cfg: TrainConfig, sweep: SweepConfig, trial: optuna.Trial, trial_run: Tracker
+) -> float:
+    """Train seeds cfg.seed, cfg.seed + 1, ...; each run nests under the trial's run."""
+    values = []
+    for i in range(sweep.seeds):
+        seed = cfg.seed + i
+        seed_cfg = dataclasses.replace(cfg, seed=seed)
+        tags = {
+            "ppo1.role": "seed",
+            "optuna.trial_number": str(trial.number),
+            "mlflow.runName": f"{sweep.study_name}-trial-{trial.number}-seed-{seed}",
+        }
+        if trial_run.run_id:
+            tags["mlflow.parentRunId"] = trial_run.run_id
+        reporter = TrialReporter(trial, sweep.kl, step_offset=i * cfg.total_timesteps)
+        result = train(seed_cfg, reporter, tags)
+        values.append(objective_value(sweep.objective, result.evals))
+        trial_run.log_metrics({f"objective/seed_{seed}": values[-1]}, 0)
+    return float(np.mean(values))
+
+
+def run_trial(cfg: TrainConfig, train: TrainFn) -> float:
+    """Run the trial `cfg.sweep.trial`; pruned trials raise optuna.TrialPruned to the sweeper."""
+    sweep = cfg.sweep
+    assert sweep is not None and sweep.trial is not None
+    storage = open_storage(storage_spec(sweep))
+    study = optuna.load_study(
+        study_name=sweep.study_name, storage=storage, pruner=build_pruner(sweep)
+    )
+    trial = find_trial(study, storage, sweep.trial)
+    parent_run_id = trial.user_attrs.get(PARENT_RUN_ATTR)
+    tags = trial_tags(sweep, trial.number, parent_run_id)
+    with Tracker(cfg.tracking, to_plain_dict(cfg), tags) as trial_run:
+        try:
+            value = train_seeds(train, cfg, sweep, trial, trial_run)
+        except NonFiniteLossError as err:
+            # A diverged policy is a verdict on the hyperparameters, not a crash of the sweep.
+            reason = f"non-finite loss: {err}"
+            trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+            trial_run.set_tags(
+                {"optuna.state": TrialState.PRUNED.name, "optuna.prune_reason": reason}
+            )
+            raise optuna.TrialPruned(reason) from err
+        except optuna.TrialPruned as err:
+            trial_run.set_tags(
+                {"optuna.state": TrialState.PRUNED.name, "optuna.prune_reason": str(err)}
+            )
+            raise
+        except Exception:
+            trial_run.set_tags({"optuna.state": TrialState.FAIL.name})
+            raise
+        trial_run.log_metrics({"objective": value}, 0)
+        trial_run.set_tags({"optuna.state": TrialState.COMPLETE.name})
+    return value
