@@ -28,11 +28,10 @@ def kl_divergence_reason(kls: Sequence[float], cfg: KLPrunerConfig) -> str | Non
     # `not kl <= threshold` also counts NaN/inf as diverged.
     if len(tail) < cfg.patience or any(kl <= cfg.threshold for kl in tail):
         return None
+    first, last = len(kls) - cfg.patience + 1, len(kls)
+    where = f"update {last}" if first == last else f"updates {first}-{last}"
     shown = ", ".join(f"{kl:.3g}" for kl in tail)
-    return (
-        f"{cfg.metric.value} above {cfg.threshold} for {cfg.patience} updates in a row "
-        f"(updates {len(kls) - cfg.patience + 1}-{len(kls)}: {shown})"
-    )
+    return f"{cfg.metric.value} > {cfg.threshold} in {where} ({shown})"
 
 
 class KLPruner(BasePruner):

@@ -1,0 +1,128 @@
+"""The KL pruner on hand-made trials and in a real (journal-file) Optuna study."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.pruners import ThresholdPruner
+from optuna.trial import TrialState, create_trial
+
+from ppo1.config import KLMetric, KLPrunerConfig, SweepConfig
+from ppo1.pruning import (
+    KL_ATTR,
+    PRUNE_REASON_ATTR,
+    KLPruner,
+    TrialReporter,
+    build_pruner,
+    kl_divergence_reason,
+)
+from ppo1.study import find_trial, open_storage
+
+RULE = KLPrunerConfig(metric=KLMetric.kl, threshold=0.1, patience=3, warmup_updates=2)
+
+
+def running_trial(
+    kls: list[float], evals: dict[int, float] | None = None
+) -> optuna.trial.FrozenTrial:
+    return create_trial(
+        state=TrialState.RUNNING,
+        params={"algo.lr": 0.01},
+        distributions={"algo.lr": FloatDistribution(1e-4, 1.0, log=True)},
+        user_attrs={KL_ATTR: kls},
+        intermediate_values=evals or {},
+    )
+
+
+@pytest.mark.parametrize(
+    ("kls", "fires"),
+    [
+        ([0.01, 0.01, 0.2, 0.3, 0.4], True),  # three in a row above 0.1 after warm-up
+        ([0.01, 0.01, 0.2, 0.1, 0.4], False),  # 0.1 is not above the threshold: the run breaks
+        ([0.01, 0.01, 0.2, 0.3], False),  # only two so far: patience not reached
+        ([0.5, 0.5, 0.5, 0.01, 0.01], False),  # the high ones were warm-up, the tail is calm
+        ([0.5, 0.5, 0.5], False),  # all within warm-up plus one: nothing counted yet
+        ([0.5, 0.5, 0.5, 0.5, 0.5], True),  # warm-up over, three more above
+        ([0.01, 0.01, 0.2, math.inf, math.nan], True),  # non-finite KL counts as diverged
+        ([0.2, 0.3, 0.4, 0.5, 0.6, 0.01], False),  # recovered on the last update
+    ],
+)
+def test_kl_rule_threshold_patience_warmup(kls: list[float], fires: bool) -> None:
+    assert (kl_divergence_reason(kls, RULE) is not None) is fires
+    study = optuna.create_study(direction="maximize")
+    assert KLPruner(RULE).prune(study, running_trial(kls)) is fires
+
+
+def test_kl_reason_names_the_updates() -> None:
+    reason = kl_divergence_reason([0.0, 0.0, 0.2, 0.3, 0.4], RULE)
+    assert reason == "losses/kl > 0.1 in updates 3-5 (0.2, 0.3, 0.4)"
+
+
+def test_kl_pruner_defers_to_the_objective_pruner() -> None:
+    study = optuna.create_study(direction="maximize")
+    calm = [0.01] * 5
+    pruner = KLPruner(RULE, ThresholdPruner(lower=100.0))
+    assert pruner.prune(study, running_trial(calm, {512: 50.0}))  # return below 100
+    assert not pruner.prune(study, running_trial(calm, {512: 150.0}))
+    assert not KLPruner(RULE).prune(study, running_trial(calm, {512: 50.0}))
+
+
+def test_build_pruner_from_a_sweep_config() -> None:
+    objective = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 7}
+    both = build_pruner(
+        SweepConfig(params={"algo.lr": "interval(0.1, 1)"}, pruner=objective, kl=RULE)
+    )
+    assert isinstance(both, KLPruner) and isinstance(
+        both.objective_pruner, optuna.pruners.MedianPruner
+    )
+    only_objective = build_pruner(
+        SweepConfig(params={"algo.lr": "interval(0.1, 1)"}, pruner=objective)
+    )
+    assert isinstance(only_objective, optuna.pruners.MedianPruner)
+    none = build_pruner(SweepConfig(params={"algo.lr": "interval(0.1, 1)"}))
+    assert isinstance(none, optuna.pruners.NopPruner)
+
+
+def metrics(kl: float, eval_return: float | None = None) -> dict[str, float]:
+    m = {"losses/kl": kl, "losses/approx_kl": kl / 2}
+    if eval_return is not None:
+        m["eval/mean_return"] = eval_return
+    return m
+
+
+def test_reporter_prunes_a_real_trial_through_journal_storage(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    trial = study.ask({"algo.lr": FloatDistribution(1e-4, 1.0, log=True)})
+    # The job's side: its own Study object on the same storage, with the pruner.
+    job_study = optuna.load_study(study_name="s", storage=storage, pruner=KLPruner(RULE))
+    job_trial = find_trial(job_study, storage, trial.number)
+    report = TrialReporter(job_trial, RULE, step_offset=0)
+    for update, kl in enumerate([0.9, 0.9, 0.05, 0.2, 0.3], start=1):  # warm-up, then calm
+        report(update * 256, metrics(kl, 20.0 if update % 2 == 0 else None))
+    with pytest.raises(optuna.TrialPruned, match=r"losses/kl > 0.1 in updates 4-6"):
+        report(6 * 256, metrics(0.4))
+    study.tell(trial, state=TrialState.PRUNED)
+    frozen = study.trials[0]
+    assert frozen.state is TrialState.PRUNED
+    assert frozen.user_attrs[KL_ATTR] == [0.9, 0.9, 0.05, 0.2, 0.3, 0.4]
+    assert frozen.user_attrs[PRUNE_REASON_ATTR].startswith("losses/kl > 0.1 in updates 4-6")
+    assert frozen.intermediate_values == {512: 20.0, 1024: 20.0}
+
+
+def test_reporter_names_the_objective_pruner_and_offsets_seed_steps(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(
+        storage=storage,
+        study_name="s",
+        direction="maximize",
+        pruner=KLPruner(RULE, ThresholdPruner(lower=100.0)),
+    )
+    trial = study.ask()
+    report = TrialReporter(trial, RULE, step_offset=1000)
+    with pytest.raises(optuna.TrialPruned, match="ThresholdPruner at step 1256"):
+        report(256, metrics(0.01, eval_return=10.0))
+    assert study.trials[0].intermediate_values == {1256: 10.0}

@@ -1,0 +1,109 @@
+"""Sweep configs compose and validate; search spaces, objectives and the re-run command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from ppo1.config import ConfigError, Objective, SweepConfig, register_configs, to_train_config
+from ppo1.objectives import area_under_curve, objective_value
+from ppo1.pruning import build_pruner
+from ppo1.search_space import distribution, overrides, search_space
+from ppo1.study_report import override_value, rerun_command
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
+
+
+def test_the_sweeps_dir_is_the_sweep_group() -> None:
+    assert (ROOT / "conf" / "sweep").resolve() == (ROOT / "sweeps").resolve()
+    assert "clip_epochs_lr" in SWEEPS and len(SWEEPS) >= 3
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_shipped_sweep_composes_into_a_valid_study(name: str) -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", [f"sweep={name}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    train_cfg = to_train_config(cfg)
+    sweep = train_cfg.sweep
+    assert sweep is not None and sweep.trial is None
+    assert search_space(sweep.params)
+    instantiate(sweep.sampler)
+    build_pruner(sweep)
+
+
+def test_search_space_from_hydra_sweep_syntax() -> None:
+    assert distribution("a", "interval(0.05, 0.4)") == FloatDistribution(0.05, 0.4)
+    assert distribution("a", "int(interval(1, 40))") == IntDistribution(1, 40)
+    assert distribution("a", "tag(log, interval(1e-4, 1e-2))") == FloatDistribution(
+        1e-4, 1e-2, log=True
+    )
+    # range() excludes its stop, as in Python and Hydra's basic sweeper.
+    assert distribution("a", "range(2, 31, 4)") == IntDistribution(2, 30, step=4)
+    assert distribution("a", "range(1, 10, 4)") == IntDistribution(1, 9, step=4)
+    assert distribution("a", "choice(64, 128)") == CategoricalDistribution((64, 128))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0.2", "is not a sweep"),
+        ("interval(0.4, 0.1)", "interval"),
+        ("tag(log, interval(0, 1))", "log"),
+        ("range(5, 5)", "is empty"),
+        ("interval(0.1,", "cannot parse"),
+    ],
+)
+def test_bad_search_space_fails_with_the_key(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"sweep.params.algo.clip.*{message}"):
+        distribution("algo.clip", spec)
+
+
+def test_bad_sweep_values_fail_together() -> None:
+    with pytest.raises(
+        ConfigError, match=r"n_trials must be >= 1.*seeds must be >= 1.*params is empty"
+    ):
+        SweepConfig(n_trials=0, seeds=0)
+
+
+def test_trial_params_become_overrides() -> None:
+    assert overrides({"algo.lr": 0.001, "algo.epochs": 4, "algo.net.shared": True}) == [
+        "algo.lr=0.001",
+        "algo.epochs=4",
+        "algo.net.shared=true",
+    ]
+
+
+def test_objectives_by_hand() -> None:
+    evals = [(100, 10.0), (200, 30.0), (400, 20.0)]
+    # Trapezoids: 100 * (10 + 30) / 2 + 200 * (30 + 20) / 2 = 2000 + 5000, over 300 steps.
+    assert area_under_curve(evals) == pytest.approx(7000 / 300)
+    assert objective_value(Objective.auc, evals) == pytest.approx(7000 / 300)
+    assert objective_value(Objective.final, evals) == 20.0
+    assert objective_value(Objective.best, evals) == 30.0
+    assert objective_value(Objective.auc, [(100, 5.0)]) == 5.0
+    with pytest.raises(ValueError, match="no evaluation"):
+        objective_value(Objective.final, [])
+
+
+def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
+    default = {"algo": {"lr": 0.001, "clip": 0.2}, "env": {"id": "CartPole-v1"}, "verbose": True}
+    best = {
+        "algo": {"lr": 0.0003, "clip": 0.2},
+        "env": {"id": "Acrobot-v1"},
+        "verbose": False,
+        "sweep": {"trial": 3},
+    }
+    assert rerun_command(best, default) == "python -m ppo1.train algo.lr=0.0003 env.id=Acrobot-v1"
+    assert override_value(None) == "null"
+    assert override_value([64, 64]) == "[64,64]"
+    assert override_value("two words") == '"two words"'
