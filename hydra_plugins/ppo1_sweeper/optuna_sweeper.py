@@ -101,7 +101,11 @@ class OptunaSweeper(Sweeper):
         returns: list[JobReturn] = []
         try:
             while trials := self._ask(study, sweep, space, spec, parent):
-                returns += self._run(study, trials, fixed, len(returns))
+                try:
+                    returns += self._run(study, trials, fixed, len(returns))
+                except BaseException:
+                    _give_back(study, trials)
+                    raise
         except BaseException:
             if parent is not None:
                 parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.KILLED))
@@ -160,14 +164,7 @@ class OptunaSweeper(Sweeper):
             batch.append(job)
         if not batch:
             return []
-        try:
-            results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
-        except BaseException:
-            # Interrupted: give the trials back, so that a resumed sweep runs their slots again.
-            for trial in launched:
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            raise
+        results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
@@ -215,6 +212,16 @@ def _rerun_config(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         del cfg["sweep"]
     return cfg
+
+
+def _give_back(study: optuna.Study, trials: list[optuna.Trial]) -> None:
+    """After an interrupt (Ctrl-C, SIGTERM): end the batch's unfinished trials as interrupted
+    FAILs, which a resumed sweep does not count, so it runs their slots again."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    for trial in trials:
+        if trial.number in running:
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            study.tell(trial, state=TrialState.FAIL)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:

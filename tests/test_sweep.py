@@ -1,0 +1,179 @@
+"""Real sweeps, tiny budgets: pruning, MLflow parent and child runs, figures, resume, sharing.
+
+Each test runs `python -m ppo1.train -m sweep=...` as a user would, with the sweeps in
+tests/conf/sweep, an Optuna journal file and an MLflow SQLite store in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from ppo1.pruning import KL_ATTR, PRUNE_REASON_ATTR
+from ppo1.study import INTERRUPTED_ATTR, counted_trials, open_storage
+
+pytestmark = pytest.mark.slow
+
+TEST_CONF = Path(__file__).resolve().parent / "conf"
+
+
+def sweep_command(tmp_path: Path, name: str, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ppo1.train",
+        "-m",
+        f"sweep={name}",
+        f"hydra.searchpath=[file://{TEST_CONF}]",
+        f"sweep.storage={tmp_path / 'study.journal'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *overrides,
+    ]
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def load_study(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "study.journal")))
+
+
+def runs_by_role(tmp_path: Path) -> dict[str, list[Run]]:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ppo1")
+    assert experiment is not None
+    roles: dict[str, list[Run]] = {"study": [], "trial": [], "seed": []}
+    for r in client.search_runs([experiment.experiment_id], max_results=1000):
+        roles[r.data.tags["ppo1.role"]].append(r)
+    return roles
+
+
+def test_sweep_prunes_diverging_trials_and_tracks_them(tmp_path: Path) -> None:
+    done = run(sweep_command(tmp_path, "tiny_prune"), tmp_path)
+
+    # Optuna: step size 3e-4 learns, 1.0 is stopped by the KL rule, 1e20 by a non-finite loss.
+    trials = {t.params["algo.lr"]: t for t in load_study(tmp_path, "tiny_prune").trials}
+    assert set(trials) == {0.0003, 1.0, 1e20}
+    assert trials[0.0003].state is TrialState.COMPLETE
+    assert trials[1.0].state is TrialState.PRUNED
+    assert trials[1.0].user_attrs[PRUNE_REASON_ATTR].startswith("losses/kl > 0.5 in update 1")
+    assert trials[1.0].user_attrs[KL_ATTR][0] > 0.5
+    assert trials[1e20].state is TrialState.PRUNED
+    assert trials[1e20].user_attrs[PRUNE_REASON_ATTR].startswith("non-finite loss")
+    best = trials[0.0003]
+
+    # MLflow: one study run, a nested run per trial tagged with its end, a run per seed below.
+    runs = runs_by_role(tmp_path)
+    (parent,) = runs["study"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["optuna.best_trial"] == str(best.number)
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert len(runs["trial"]) == 3
+    for child in runs["trial"]:
+        tags = child.data.tags
+        trial = next(t for t in trials.values() if str(t.number) == tags["optuna.trial_number"])
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["optuna.state"] == trial.state.name
+        assert child.data.params["algo.lr"] == str(trial.params["algo.lr"])
+        if trial.state is TrialState.PRUNED:
+            assert tags["optuna.prune_reason"] == trial.user_attrs[PRUNE_REASON_ATTR]
+            assert child.info.status == "KILLED"
+        else:
+            assert child.data.metrics["objective"] == pytest.approx(trial.value)
+            assert child.info.status == "FINISHED"
+    trial_run_ids = {r.info.run_id for r in runs["trial"]}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs["seed"]} == trial_run_ids
+
+    # The figures: one offline page with plotly.js inlined once; the best trial, ready to run.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent")))
+    page = (out / "optuna" / "report.html").read_text()
+    assert page.count("* plotly.js v") == 1
+    assert page.count('class="plotly-graph-div"') >= 4
+    assert "intermediate values" in page and '<script src="http' not in page
+    best_cfg = yaml.safe_load((out / "best" / "config.yaml").read_text())
+    assert best_cfg["algo"]["lr"] == 0.0003 and "sweep" not in best_cfg
+    command = (out / "best" / "command.txt").read_text().strip()
+    assert command.startswith("python -m ppo1.train ") and "algo.lr=0.0003" in command
+    assert f"re-run it: {command}" in done.stdout
+    rerun = run([sys.executable, *shlex.split(command)[1:]], tmp_path)
+    assert "final evaluation" in rerun.stdout
+
+
+def wait_for(condition: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
+    command = sweep_command(tmp_path, "tiny")
+    sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def training_second_trial() -> bool:
+        if not (tmp_path / "study.journal").exists():
+            return False
+        trials = load_study(tmp_path, "tiny").trials
+        return any(t.state is TrialState.COMPLETE for t in trials) and any(
+            t.state is TrialState.RUNNING and KL_ATTR in t.user_attrs for t in trials
+        )
+
+    try:
+        wait_for(training_second_trial, timeout=180)
+        sweep.send_signal(signal.SIGINT)
+        sweep.communicate(timeout=60)
+    finally:
+        sweep.kill()
+    assert sweep.returncode != 0
+    study = load_study(tmp_path, "tiny")
+    interrupted = [t for t in study.trials if t.user_attrs.get(INTERRUPTED_ATTR)]
+    assert len(interrupted) == 1 and interrupted[0].state is TrialState.FAIL
+    assert not [t for t in study.trials if t.state is TrialState.RUNNING]
+    assert counted_trials(study) < 4
+    assert runs_by_role(tmp_path)["study"][0].info.status == "KILLED"
+
+    run(command, tmp_path)
+    study = load_study(tmp_path, "tiny")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert counted_trials(study) == 4 and len(study.trials) == 5
+    (parent,) = runs_by_role(tmp_path)["study"]
+    assert parent.info.status == "FINISHED"
+
+
+def test_two_sweep_processes_share_one_study(tmp_path: Path) -> None:
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=6")
+    sweeps = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in sweeps]
+    assert [p.returncode for p in sweeps] == [0, 0]
+
+    study = load_study(tmp_path, "tiny")
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert all(t.state is TrialState.COMPLETE for t in study.trials)
+    ran = [
+        {int(line.split()[1][:-1]) for line in o.splitlines() if line.startswith("trial ")}
+        for o in outputs
+    ]
+    assert ran[0] and ran[1], "both processes should have run trials"
+    assert ran[0] | ran[1] == set(range(6)) and not ran[0] & ran[1]
+    runs = runs_by_role(tmp_path)
+    assert len(runs["study"]) == 1
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs["trial"]) == list(range(6))
