@@ -6,12 +6,20 @@ import html
 import json
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import plotly.graph_objects as go
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna import visualization as vis
 from optuna.trial import TrialState
+
+from ppo1.search_space import overrides
+
+# Overrides -> the config a job of the sweep gets, without its `hydra` node.
+ComposeJob = Callable[[list[str]], DictConfig]
 
 # Keys a re-run should not copy from a sweep job: the sweep itself and its quiet, light output.
 _NOT_RERUN = ("sweep", "hydra", "verbose", "save_model")
@@ -86,3 +94,44 @@ def best_trial_summary(study: optuna.Study) -> dict[str, Any]:
         "best_params": best.params,
         "trials": {name: states.count(name) for name in sorted(set(states))},
     }
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
+
+
+def report_study(
+    study: optuna.Study,
+    params: list[str],
+    compose_job: ComposeJob,
+    sweep_overrides: list[str],
+    parent: tuple[MlflowClient, str] | None,
+) -> None:
+    """Print the best trial and log figures and the best trial's config on the parent run.
+
+    `sweep_overrides` select the sweep (`sweep=NAME ...`); the best trial's config is composed
+    from them and its params, and the re-run command is what differs from the plain defaults.
+    """
+    best_cfg = command = None
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best_cfg = compose_job([*sweep_overrides, *overrides(study.best_trial.params)])
+        command = rerun_command(_plain(best_cfg), _plain(compose_job([])))
+        print(f"best trial {study.best_trial.number}: {study.best_value:.2f}", flush=True)
+        print(f"re-run it: {command}", flush=True)
+    if parent is None:
+        return
+    client, run_id = parent
+    page = figures_html(study.study_name, study_figures(study, params))
+    client.log_text(run_id, page, "optuna/report.html")
+    if best_cfg is not None and command is not None:
+        summary = best_trial_summary(study)
+        with open_dict(best_cfg):
+            del best_cfg["sweep"]
+        client.log_text(run_id, json.dumps(summary, indent=2), "best/summary.json")
+        client.log_text(run_id, command + "\n", "best/command.txt")
+        client.log_text(run_id, OmegaConf.to_yaml(best_cfg), "best/config.yaml")
+        client.set_tag(run_id, "optuna.best_trial", str(summary["best_trial"]))
+        client.log_metric(run_id, "best_value", study.best_value)
+    print(f"MLflow run {run_id} of the study: figures in optuna/report.html", flush=True)

@@ -14,9 +14,11 @@ def _filter(tags: dict[str, str]) -> str:
 
 
 def open_study_run(
-    tracking: TrackingConfig, sweep: SweepConfig, storage: str
+    tracking: TrackingConfig, sweep: SweepConfig, storage: str, reopen: bool = True
 ) -> tuple[MlflowClient, str] | None:
     """Find the study's parent run (resuming, or another process's) or create it; None if off.
+
+    `reopen` marks a found run RUNNING again, as a sweep process working on the study does.
 
     Call it under the study lock: the lookup and the creation must not interleave between two
     sweep processes, or the study would get two parents.
@@ -31,7 +33,8 @@ def open_study_run(
     )
     if found:
         run_id = found[0].info.run_id
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if reopen:
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return client, run_id
     run = client.create_run(experiment_id, run_name=f"{sweep.study_name}-study", tags=tags)
     return client, run.info.run_id

@@ -28,18 +28,19 @@ pytestmark = pytest.mark.slow
 TEST_CONF = Path(__file__).resolve().parent / "conf"
 
 
-def sweep_command(tmp_path: Path, name: str, *overrides: str) -> list[str]:
+def sweep_overrides(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    """`sweep=NAME` from tests/conf, its journal and MLflow store in tmp_path."""
     return [
-        sys.executable,
-        "-m",
-        "ppo1.train",
-        "-m",
         f"sweep={name}",
         f"hydra.searchpath=[file://{TEST_CONF}]",
         f"sweep.storage={tmp_path / 'study.journal'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        *overrides,
+        *extra,
     ]
+
+
+def sweep_command(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ppo1.train", "-m", *sweep_overrides(tmp_path, name, *extra)]
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -56,9 +57,9 @@ def runs_by_role(tmp_path: Path) -> dict[str, list[Run]]:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ppo1")
     assert experiment is not None
-    roles: dict[str, list[Run]] = {"study": [], "trial": [], "seed": []}
+    roles: dict[str, list[Run]] = {"study": [], "trial": [], "seed": [], "none": []}
     for r in client.search_runs([experiment.experiment_id], max_results=1000):
-        roles[r.data.tags["ppo1.role"]].append(r)
+        roles[r.data.tags.get("ppo1.role", "none")].append(r)
     return roles
 
 
@@ -112,6 +113,13 @@ def test_sweep_prunes_diverging_trials_and_tracks_them(tmp_path: Path) -> None:
     assert f"re-run it: {command}" in done.stdout
     rerun = run([sys.executable, *shlex.split(command)[1:]], tmp_path)
     assert "final evaluation" in rerun.stdout
+
+    # On demand (for a study still running elsewhere): the same report, the same parent run.
+    report_command = [sys.executable, "-m", "ppo1.sweep_report"]
+    report = run([*report_command, *sweep_overrides(tmp_path, "tiny_prune")], tmp_path)
+    assert f"re-run it: {command}" in report.stdout
+    (again,) = runs_by_role(tmp_path)["study"]
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
 
 
 def wait_for(condition: object, timeout: float) -> None:

@@ -9,12 +9,9 @@ works and several sweep processes can share one study. Hydra loads plugins only 
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
-import json
 import signal
-from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 import optuna
 from hydra.core.config_store import ConfigStore
@@ -42,7 +39,7 @@ from ppo1.study import (
     storage_spec,
     study_lock,
 )
-from ppo1.study_report import best_trial_summary, figures_html, rerun_command, study_figures
+from ppo1.study_report import report_study
 from ppo1.study_run import open_study_run
 
 
@@ -75,10 +72,10 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def _job_config(self, job_overrides: Sequence[str]) -> DictConfig:
+    def _job_config(self, job_overrides: list[str]) -> DictConfig:
         """The config a job gets (without `hydra`), composed here to check it before launching."""
         assert self.hydra_context is not None and self.config is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job_overrides))
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job_overrides)
         with open_dict(cfg):
             del cfg["hydra"]
         return cfg
@@ -112,7 +109,9 @@ class OptunaSweeper(Sweeper):
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        self._finish(study, space, fixed, parent)
+        report_study(study, list(space), self._job_config, fixed, parent)
+        if parent is not None:
+            parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.FINISHED))
         return returns
 
     def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -168,50 +167,6 @@ class OptunaSweeper(Sweeper):
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
-
-    def _finish(
-        self,
-        study: optuna.Study,
-        space: dict[str, BaseDistribution],
-        fixed: list[str],
-        parent: tuple[MlflowClient, str] | None,
-    ) -> None:
-        """Log figures and the best trial on the parent run; print where to look."""
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        command = None
-        if complete:
-            best = self._job_config([*fixed, *overrides(study.best_trial.params)])
-            default = self._job_config([])
-            command = rerun_command(_plain(best), _plain(default))
-            print(f"best trial {study.best_trial.number}: {study.best_value:.2f}", flush=True)
-            print(f"re-run it: {command}", flush=True)
-        if parent is None:
-            return
-        client, run_id = parent
-        figures = study_figures(study, list(space))
-        client.log_text(run_id, figures_html(study.study_name, figures), "optuna/report.html")
-        if complete and command is not None:
-            summary = best_trial_summary(study)
-            client.log_text(run_id, json.dumps(summary, indent=2), "best/summary.json")
-            client.log_text(run_id, command + "\n", "best/command.txt")
-            client.log_text(run_id, OmegaConf.to_yaml(_rerun_config(best)), "best/config.yaml")
-            client.set_tag(run_id, "optuna.best_trial", str(summary["best_trial"]))
-            client.log_metric(run_id, "best_value", study.best_value)
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        print(f"MLflow parent run {run_id}: figures in optuna/report.html", flush=True)
-
-
-def _plain(cfg: DictConfig) -> dict[str, Any]:
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    assert isinstance(container, dict)
-    return {str(k): v for k, v in container.items()}
-
-
-def _rerun_config(cfg: DictConfig) -> DictConfig:
-    """The best job's config without its `sweep` node: a plain training config."""
-    with open_dict(cfg):
-        del cfg["sweep"]
-    return cfg
 
 
 def _give_back(study: optuna.Study, trials: list[optuna.Trial]) -> None:

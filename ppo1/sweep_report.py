@@ -1,0 +1,55 @@
+"""`python -m ppo1.sweep_report sweep=NAME`: log a study's figures and best trial now.
+
+For a study still running elsewhere (other sweep processes, other machines): the same report
+a sweep logs when it ends, on the same parent MLflow run. Takes the sweep's own overrides.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import optuna
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ppo1.config import ConfigError, register_configs, to_train_config
+from ppo1.search_space import search_space
+from ppo1.study import open_storage, storage_spec, study_lock
+from ppo1.study_report import report_study
+from ppo1.study_run import open_study_run
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(dict_cfg: DictConfig) -> None:
+    try:
+        cfg = to_train_config(dict_cfg)
+    except ConfigError as err:
+        sys.exit(f"error: invalid config: {err}")
+    if cfg.sweep is None:
+        sys.exit("error: name the sweep: python -m ppo1.sweep_report sweep=NAME")
+    spec = storage_spec(cfg.sweep)
+    try:
+        study = optuna.load_study(study_name=cfg.sweep.study_name, storage=open_storage(spec))
+    except KeyError:
+        sys.exit(f"error: no study '{cfg.sweep.study_name}' in {spec}")
+    with study_lock(spec):
+        parent = open_study_run(cfg.tracking, cfg.sweep, spec, reopen=False)
+    given = HydraConfig.get().overrides
+    # Hydra's own overrides too: hydra.searchpath may be where the sweep's file was found.
+    hydra_overrides = list(given.hydra)
+    params = list(search_space(cfg.sweep.params))
+    report_study(
+        study,
+        params,
+        lambda o: compose("train", [*hydra_overrides, *o]),
+        list(given.task),
+        parent,
+    )
+
+
+if __name__ == "__main__":
+    main()
