@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import shlex
@@ -16,42 +15,31 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna import visualization as vis
 from optuna.trial import TrialState
 
+from ppo1.dashboard import html_page
 from ppo1.search_space import overrides
 
 # Overrides -> the config a job of the sweep gets, without its `hydra` node.
 ComposeJob = Callable[[list[str]], DictConfig]
 
-# Keys a re-run should not copy from a sweep job: the sweep itself and its quiet, light output.
-_NOT_RERUN = ("sweep", "hydra", "verbose", "save_model")
+# Keys a re-run should not copy from a sweep job: the sweep itself and its quiet, light output
+# (the re-run saves its model and logs the full figures).
+_NOT_RERUN = ("sweep", "hydra", "verbose", "save_model", "tracking.figures")
 
 
 def study_figures(study: optuna.Study, params: list[str]) -> dict[str, go.Figure]:
-    """Optuna's Plotly figures; intermediate values show where pruned trials stopped."""
+    """Optuna's Plotly figures by name; intermediate values show where pruned trials stopped."""
     figures = {
-        "optimization history": vis.plot_optimization_history(study),
-        "intermediate values (evaluation return)": vis.plot_intermediate_values(study),
-        "parallel coordinates": vis.plot_parallel_coordinate(study, params=params),
+        "optimization_history": vis.plot_optimization_history(study),
+        "intermediate_values": vis.plot_intermediate_values(study),
+        "parallel_coordinate": vis.plot_parallel_coordinate(study, params=params),
         "slice": vis.plot_slice(study, params=params),
     }
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) >= 2:  # both need two finished trials to say anything
-        figures["parameter importances"] = vis.plot_param_importances(study, params=params)
+        figures["param_importances"] = vis.plot_param_importances(study, params=params)
         if len(params) >= 2:
             figures["contour"] = vis.plot_contour(study, params=params)
     return figures
-
-
-def figures_html(title: str, figures: dict[str, go.Figure]) -> str:
-    """One self-contained page: plotly.js inlined once, so it renders offline and in MLflow."""
-    parts = [
-        f"<h2>{html.escape(name)}</h2>"
-        + fig.to_html(full_html=False, include_plotlyjs=i == 0, default_height="520px")
-        for i, (name, fig) in enumerate(figures.items())
-    ]
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"</head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
-    )
 
 
 def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -79,7 +67,8 @@ def rerun_command(best: dict[str, Any], default: dict[str, Any]) -> str:
     changed = [
         f"{key}={override_value(value)}"
         for key, value in leaves(best).items()
-        if key.split(".")[0] not in _NOT_RERUN and base.get(key) != value
+        if not any(key == k or key.startswith(f"{k}.") for k in _NOT_RERUN)
+        and base.get(key) != value
     ]
     return shlex.join(["python", "-m", "ppo1.train", *changed])
 
@@ -123,7 +112,7 @@ def report_study(
     if parent is None:
         return
     client, run_id = parent
-    page = figures_html(study.study_name, study_figures(study, params))
+    page = html_page(f"Optuna study {study.study_name}", study_figures(study, params))
     client.log_text(run_id, page, "optuna/report.html")
     if best_cfg is not None and command is not None:
         summary = best_trial_summary(study)

@@ -105,7 +105,7 @@ def test_sweep_prunes_diverging_trials_and_tracks_them(tmp_path: Path) -> None:
     page = (out / "optuna" / "report.html").read_text()
     assert page.count("* plotly.js v") == 1
     assert page.count('class="plotly-graph-div"') >= 4
-    assert "intermediate values" in page and '<script src="http' not in page
+    assert 'id="intermediate_values"' in page and '<script src="http' not in page
     best_cfg = yaml.safe_load((out / "best" / "config.yaml").read_text())
     assert best_cfg["algo"]["lr"] == 0.0003 and "sweep" not in best_cfg
     command = (out / "best" / "command.txt").read_text().strip()

@@ -96,10 +96,16 @@ def test_objectives_by_hand() -> None:
 
 
 def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
-    default = {"algo": {"lr": 0.001, "clip": 0.2}, "env": {"id": "CartPole-v1"}, "verbose": True}
+    default = {
+        "algo": {"lr": 0.001, "clip": 0.2},
+        "env": {"id": "CartPole-v1"},
+        "tracking": {"figures": "full", "uri": None},
+        "verbose": True,
+    }
     best = {
         "algo": {"lr": 0.0003, "clip": 0.2},
         "env": {"id": "Acrobot-v1"},
+        "tracking": {"figures": "light", "uri": None},
         "verbose": False,
         "sweep": {"trial": 3},
     }
