@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,26 @@ def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
     assert override_value(None) == "null"
     assert override_value([64, 64]) == "[64,64]"
     assert override_value("two words") == '"two words"'
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep=clip_epochs_lr"], "error: a sweep runs as a multirun"),
+        (["-m", "sweep=clip_epochs_lr", "sweep.n_trials=0"], "sweep.n_trials must be >= 1"),
+        (["-m", "sweep=clip_epochs_lr", "algo.clip=interval(0.3,0.1)"], "sweep.params.algo.clip"),
+    ],
+)
+def test_bad_sweep_input_fails_before_any_trial(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ppo1.train", *args, f"sweep.storage={tmp_path / 's.journal'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "s.journal").exists()

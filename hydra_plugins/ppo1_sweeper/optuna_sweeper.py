@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -80,15 +81,24 @@ class OptunaSweeper(Sweeper):
             del cfg["hydra"]
         return cfg
 
-    def sweep(self, arguments: list[str]) -> list[JobReturn]:
-        assert self.config is not None and self.launcher is not None
+    def _read(
+        self, arguments: list[str]
+    ) -> tuple[SweepConfig, TrackingConfig, list[str], dict[str, BaseDistribution]]:
+        """The sweep, tracking, plain overrides and search space; one message if invalid."""
+        assert self.config is not None
         if self.config.get("sweep") is None:
-            raise ConfigError("hydra/sweeper=ppo1_optuna needs a sweep: add sweep=NAME")
-        sweep = OmegaConf.to_object(self.config.sweep)
-        tracking = OmegaConf.to_object(self.config.tracking)
-        assert isinstance(sweep, SweepConfig) and isinstance(tracking, TrackingConfig)
+            raise CompactHydraException("error: hydra/sweeper=ppo1_optuna needs sweep=NAME")
         fixed, specs = self._split(arguments)
-        space = search_space({**sweep.params, **specs})
+        try:
+            sweep = OmegaConf.to_object(self.config.sweep)
+            tracking = OmegaConf.to_object(self.config.tracking)
+            assert isinstance(sweep, SweepConfig) and isinstance(tracking, TrackingConfig)
+            return sweep, tracking, fixed, search_space({**sweep.params, **specs})
+        except ConfigError as err:
+            raise CompactHydraException(f"error: invalid sweep: {err}") from err
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        sweep, tracking, fixed, space = self._read(arguments)
         spec = storage_spec(sweep)
         study = create_study(sweep, open_storage(spec))
         with study_lock(spec):
