@@ -19,6 +19,7 @@ from ppo1.tracking import project_root
 # Trial user attrs the sweeper writes for its jobs and for resuming.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 INTERRUPTED_ATTR = "interrupted"
+FAIL_REASON_ATTR = "fail_reason"
 
 
 def storage_spec(sweep: SweepConfig) -> str:

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ppo1.pruning import KL_ATTR, PRUNE_REASON_ATTR
-from ppo1.study import INTERRUPTED_ATTR, counted_trials, open_storage
+from ppo1.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, counted_trials, open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +185,23 @@ def test_two_sweep_processes_share_one_study(tmp_path: Path) -> None:
     runs = runs_by_role(tmp_path)
     assert len(runs["study"]) == 1
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs["trial"]) == list(range(6))
+
+
+def test_a_trial_with_an_invalid_config_fails_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    done = run(
+        sweep_command(tmp_path, "tiny", "sweep.n_trials=2", "algo.minibatch_size=choice(64,4096)"),
+        tmp_path,
+    )
+    study = load_study(tmp_path, "tiny")
+    # RandomSampler(seed=0) draws both sizes in two trials.
+    assert {t.state for t in study.trials} == {TrialState.FAIL, TrialState.COMPLETE}
+    for trial in study.trials:
+        if trial.params["algo.minibatch_size"] == 4096:
+            assert trial.state is TrialState.FAIL
+            assert (
+                "algo.minibatch_size=4096 is larger than the batch"
+                in trial.user_attrs[FAIL_REASON_ATTR]
+            )
+            assert f"trial {trial.number}: FAIL, invalid config" in done.stdout
+        else:
+            assert trial.state is TrialState.COMPLETE

@@ -32,6 +32,7 @@ from ppo1.config import ConfigError, SweepConfig, TrackingConfig, to_train_confi
 from ppo1.pruning import PRUNE_REASON_ATTR
 from ppo1.search_space import overrides, search_space
 from ppo1.study import (
+    FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
     counted_trials,
@@ -149,8 +150,8 @@ class OptunaSweeper(Sweeper):
         with study_lock(spec):
             count = min(sweep.n_jobs, sweep.n_trials - counted_trials(study))
             trials = [study.ask(space) for _ in range(max(count, 0))]
-            for trial in trials:
-                if parent is not None:
+            if parent is not None:  # where the job's MLflow run nests
+                for trial in trials:
                     trial.set_user_attr(PARENT_RUN_ATTR, parent[1])
         return trials
 
@@ -165,7 +166,7 @@ class OptunaSweeper(Sweeper):
             try:
                 to_train_config(self._job_config(job))
             except ConfigError as err:
-                trial.set_user_attr("fail_reason", f"invalid config: {err}")
+                trial.set_user_attr(FAIL_REASON_ATTR, f"invalid config: {err}")
                 study.tell(trial, state=TrialState.FAIL)
                 print(f"trial {trial.number}: FAIL, invalid config: {err}", flush=True)
                 continue
@@ -199,6 +200,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
     if isinstance(outcome, optuna.TrialPruned):
         study.tell(trial, state=TrialState.PRUNED)
         return f"PRUNED, {trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)}"
-    trial.set_user_attr("fail_reason", f"{type(outcome).__name__}: {outcome}")
+    trial.set_user_attr(FAIL_REASON_ATTR, f"{type(outcome).__name__}: {outcome}")
     study.tell(trial, state=TrialState.FAIL)
     return f"FAIL, {type(outcome).__name__}: {outcome}"
