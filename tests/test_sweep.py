@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from ppo1.pruning import KL_ATTR, PRUNE_REASON_ATTR
 from ppo1.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, counted_trials, open_storage
+from tests.browser import offline_page
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +107,19 @@ def test_sweep_prunes_diverging_trials_and_tracks_them(tmp_path: Path) -> None:
     assert page.count("* plotly.js v") == 1
     assert page.count('class="plotly-graph-div"') >= 4
     assert 'id="intermediate_values"' in page and '<script src="http' not in page
+    with offline_page() as offline:  # it renders with the network blocked
+        offline.page.goto((out / "optuna" / "report.html").as_uri())
+        offline.page.locator("#intermediate_values svg.main-svg").first.wait_for(timeout=60_000)
+        drawn = offline.page.locator(".js-plotly-plot").evaluate_all(
+            "plots => plots.map(p => p.id)"
+        )
+        assert drawn == [
+            "optimization_history",
+            "intermediate_values",
+            "parallel_coordinate",
+            "slice",
+        ]
+        assert offline.blocked == []
     best_cfg = yaml.safe_load((out / "best" / "config.yaml").read_text())
     assert best_cfg["algo"]["lr"] == 0.0003 and "sweep" not in best_cfg
     command = (out / "best" / "command.txt").read_text().strip()
