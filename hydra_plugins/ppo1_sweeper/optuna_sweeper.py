@@ -121,7 +121,9 @@ class OptunaSweeper(Sweeper):
         finally:
             signal.signal(signal.SIGTERM, previous)
         report_study(study, list(space), self._job_config, fixed, parent)
-        if parent is not None:
+        # The study run ends with the last sweep process working on it.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if parent is not None and not running:
             parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.FINISHED))
         return returns
 
