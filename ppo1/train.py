@@ -20,6 +20,7 @@ from ppo1.checkpoint import build_agent, save_checkpoint
 from ppo1.config import ConfigError, TrainConfig, register_configs, to_plain_dict, to_train_config
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
+from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector, gae
 from ppo1.schedules import multiplier, progress
@@ -82,7 +83,7 @@ def train(
     envs = make_vector_env(cfg.env, cfg.env.num_envs)
     eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs)
     agent = build_agent(cfg, envs)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
+    optimizer = FlatAdam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
     collector = RolloutCollector(
         envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, cfg.seed
     )
@@ -97,8 +98,7 @@ def train(
             mult = multiplier(cfg.schedule, progress(collector.global_step, cfg.total_timesteps))
             lr = cfg.algo.lr * mult
             clip = cfg.algo.clip * (mult if cfg.algo.anneal_clip else 1.0)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            optimizer.lr = lr
 
             episodes = collector.collect()
             buf = collector.buffer
