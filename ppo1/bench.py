@@ -239,15 +239,18 @@ def tracking_overhead(cfg: TrainConfig, seed: int, timesteps: int, uri: str) -> 
     return 100.0 * (walls[0] / walls[1] - 1.0)
 
 
-def startup_seconds(cfg: TrainConfig) -> float:
+def startup_seconds(cfg: TrainConfig, tracking_uri: str | None) -> float:
     """Wall time of `python -m ppo1.train` for one update: imports, env and network setup."""
+    tracking = ["tracking.enabled=false"]
+    if tracking_uri is not None:
+        tracking = [f"tracking.uri={tracking_uri}", "tracking.experiment=ppo1-bench-startup"]
     command = [
         sys.executable,
         "-m",
         "ppo1.train",
         f"env={_env_choice(cfg)}",
         f"total_timesteps={cfg.batch_size}",
-        "tracking.enabled=false",
+        *tracking,
         "save_model=false",
         "verbose=false",
     ]
@@ -274,7 +277,10 @@ def measure(cfg: TrainConfig, budget: Budget, with_sb3: bool, tmp: Path) -> list
         "solve_s": Row("solve_seconds", "time to solve (training s)", "s", False),
         "solve_steps": Row("solve_steps", "steps to solve", "env steps", False),
         "tracking": Row("tracking_overhead_pct", "MLflow tracking on vs off", "% wall time", False),
-        "startup": Row("startup_seconds", "start-up: `python -m ppo1.train`, 1 update", "s", False),
+        "startup": Row("startup_seconds", "start-up + 1 update, tracking off", "s", False),
+        "startup_tracked": Row(
+            "startup_tracked_seconds", "start-up + 1 update, tracking on", "s", False
+        ),
     }
     systems: dict[str, Any] = {"ppo1": _Ppo1Runner(cfg, budget)}
     if with_sb3:
@@ -308,9 +314,10 @@ def measure(cfg: TrainConfig, budget: Budget, with_sb3: bool, tmp: Path) -> list
         )
     if budget.startup:
         for _ in range(budget.repeats):
-            rows["startup"].add("ppo1", startup_seconds(cfg))
+            rows["startup"].add("ppo1", startup_seconds(cfg, None))
+            rows["startup_tracked"].add("ppo1", startup_seconds(cfg, uri))
     else:
-        del rows["startup"]
+        del rows["startup"], rows["startup_tracked"]
     return list(rows.values())
 
 
