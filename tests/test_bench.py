@@ -99,3 +99,9 @@ def test_quick_bench_prints_saves_and_logs_a_run(
     html = Path(client.download_artifacts(run.info.run_id, "bench.html", str(tmp_path))).read_text()
     # plotly.js is inlined so the chart renders offline, and the chart has both systems.
     assert "Plotly.newPlot" in html and '"name":"sb3"' in html and len(html) > 1_000_000
+
+
+def test_tuned_config_halves_the_epochs_at_twice_the_step_size() -> None:
+    default, tuned = compose_config([]), compose_config(bench.TUNED)
+    assert (tuned.algo.epochs, tuned.algo.lr) == (default.algo.epochs // 2, 2 * default.algo.lr)
+    assert replace(tuned.algo, epochs=default.algo.epochs, lr=default.algo.lr) == default.algo
