@@ -66,7 +66,17 @@ class Budget:
 
     @classmethod
     def quick(cls) -> Budget:
-        return cls(1, 1, 2, 50, 512, 512, 1, 512, False)
+        return cls(
+            repeats=1,
+            seeds=1,
+            phase_rollouts=2,
+            env_steps=50,
+            e2e_timesteps=512,
+            solve_timesteps=512,
+            eval_every_updates=1,
+            tracking_timesteps=512,
+            startup=False,
+        )
 
 
 @dataclass
