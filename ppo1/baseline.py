@@ -135,14 +135,15 @@ class Sb3Runner:
         model.env.close()
         return total / rollout_s, total / update_s
 
-    def end_to_end_sps(self, seed: int) -> float:
+    def end_to_end_sps(self, seed: int) -> tuple[float, None]:
+        """(env-steps/s of learn(), no RSS figure)."""
         model = self.model(seed)
         start = time.perf_counter()
         model.learn(total_timesteps=self.budget.e2e_timesteps)
         seconds = time.perf_counter() - start
         model.env.close()
         steps: int = model.num_timesteps
-        return steps / seconds
+        return steps / seconds, None
 
     def time_to_solve(self, seed: int) -> tuple[float, float] | None:
         """As ppo1.bench.time_to_solve: same evaluation envs, episodes, frequency and rule."""

@@ -195,11 +195,27 @@ def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]
     return steps / rollout_s, steps / update_s
 
 
-def end_to_end_sps(cfg: TrainConfig, seed: int, timesteps: int) -> float:
-    """train() without tracking; evaluation (only after the last update) is not counted."""
-    result = train(bench_config(cfg, seed, timesteps, eval_every=10**9))
+def rss_mib() -> float:
+    """Resident set size of this process now (Linux /proc; nan elsewhere)."""
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        return float("nan")
+    return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def end_to_end_sps(cfg: TrainConfig, seed: int, timesteps: int) -> tuple[float, float | None]:
+    """(env-steps/s, RSS growth in MiB from the first update to the last) of train().
+
+    Untracked; evaluation (only after the last update) is not counted.
+    """
+    rss: list[float] = []
+
+    def on_update(step: int, metrics: dict[str, float]) -> None:
+        rss[1:] = [rss_mib()]
+
+    result = train(bench_config(cfg, seed, timesteps, eval_every=10**9), on_update=on_update)
     last = result.history[-1]
-    return last["step"] / last["time/train_seconds"]
+    return last["step"] / last["time/train_seconds"], rss[-1] - rss[0]
 
 
 class Solved(Exception):
@@ -288,6 +304,7 @@ def measure(
         "rollout": Row("rollout_sps", "rollout only (incl. GAE)", "env-steps/s", True),
         "update": Row("update_sps", "update only", "env-steps/s", True),
         "e2e": Row("end_to_end_sps", "end-to-end", "env-steps/s", True),
+        "rss": Row("rss_growth_mib", "RSS growth in end-to-end, update 1 to last", "MiB", False),
         "solve_s": Row("solve_seconds", "time to solve (training s)", "s", False),
         "solve_steps": Row("solve_steps", "steps to solve", "env steps", False),
         "solve_tuned": Row(
@@ -315,7 +332,10 @@ def measure(
             rollout, update = runner.phase_sps(seed)
             rows["rollout"].add(name, rollout)
             rows["update"].add(name, update)
-            rows["e2e"].add(name, runner.end_to_end_sps(seed))
+            sps, rss_growth = runner.end_to_end_sps(seed)
+            rows["e2e"].add(name, sps)
+            if rss_growth is not None:
+                rows["rss"].add(name, rss_growth)
     if cfg.env.id == "CartPole-v1":
         for seed in range(1, budget.seeds + 1):
             for name, runner in systems.items():
@@ -364,7 +384,7 @@ class _Ppo1Runner:
     def phase_sps(self, seed: int) -> tuple[float, float]:
         return phase_sps(self.cfg, seed, self.budget.phase_rollouts)
 
-    def end_to_end_sps(self, seed: int) -> float:
+    def end_to_end_sps(self, seed: int) -> tuple[float, float | None]:
         return end_to_end_sps(self.cfg, seed, self.budget.e2e_timesteps)
 
     def time_to_solve(self, seed: int) -> tuple[float, float] | None:
@@ -484,18 +504,15 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for ppo1.train")
     parser.add_argument("--seeds", type=int, help="time-to-solve seeds (default 5)")
     parser.add_argument("--repeats", type=int, help="repeats of the throughput rows (default 3)")
+    parser.add_argument("--e2e-steps", type=int, help="env steps of each end-to-end run")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test")
     parser.add_argument("--no-sb3", action="store_true", help="skip SB3 even if installed")
     parser.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
     parser.add_argument("--tracking-uri", help="MLflow store (default: as ppo1.train)")
     args = parser.parse_args(argv)
     budget = Budget.quick() if args.quick else Budget()
-    budget = replace(
-        budget,
-        **{
-            k: v for k, v in {"seeds": args.seeds, "repeats": args.repeats}.items() if v is not None
-        },
-    )
+    chosen = {"seeds": args.seeds, "repeats": args.repeats, "e2e_timesteps": args.e2e_steps}
+    budget = replace(budget, **{k: v for k, v in chosen.items() if v is not None})
     cfg = compose_config(args.overrides)
     torch.set_num_threads(cfg.torch_threads)
     with_sb3 = sb3_available() and not args.no_sb3
