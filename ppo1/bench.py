@@ -524,12 +524,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         rows = measure(cfg, tuned, budget, with_sb3, Path(tmp))
     info["load_avg_1m_end"] = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     notes = [f"SB3 differs: {d}" for d in sb3_kwargs(cfg)[1]] if with_sb3 else []
-    if any(row.key == "solve_seconds" for row in rows):
-        notes.append(
-            "time to solve: training seconds (evaluation excluded) until a 20-episode "
-            f"deterministic evaluation mean >= {SOLVE_RETURN:g} for {SOLVE_CONSECUTIVE} "
-            f"consecutive evaluations, every {budget.eval_every_updates * cfg.batch_size} steps"
-        )
+    notes.append(
+        "time to solve: training seconds (evaluation excluded) until a 20-episode "
+        f"deterministic evaluation mean >= {SOLVE_RETURN:g} for {SOLVE_CONSECUTIVE} consecutive "
+        f"evaluations, every {budget.eval_every_updates * cfg.batch_size} steps"
+    )
     table = markdown_table(rows, info, cfg, notes)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
