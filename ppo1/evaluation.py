@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -9,9 +11,25 @@ from gymnasium.vector import VectorEnv
 
 from ppo1.networks import ActorCritic
 
+# Batched observations -> batched env actions.
+Policy = Callable[[np.ndarray], np.ndarray]
+
 
 def evaluate(agent: ActorCritic, env: VectorEnv, episodes: int, seed: int) -> np.ndarray:
-    """Returns of `episodes` episodes of the greedy policy (argmax, or the Gaussian mean).
+    """Returns of `episodes` episodes of the greedy policy (argmax, or the Gaussian mean)."""
+    with torch.inference_mode():
+        policy = agent.fused()
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            params, _ = policy(torch.as_tensor(obs, dtype=torch.float32))
+            action: np.ndarray = agent.dist.mode(params).numpy()
+            return action
+
+        return run_episodes(act, env, episodes, seed)
+
+
+def run_episodes(act: Policy, env: VectorEnv, episodes: int, seed: int) -> np.ndarray:
+    """Returns of `episodes` episodes of `act` (any policy, e.g. a baseline's, for the benchmark).
 
     Each env runs a fixed quota of episodes: counting whichever finish first would bias the
     mean towards short episodes (the SB3 `evaluate_policy` fix).
@@ -23,17 +41,15 @@ def evaluate(agent: ActorCritic, env: VectorEnv, episodes: int, seed: int) -> np
     returns: list[float] = []
     act_space = env.single_action_space
     obs, _ = env.reset(seed=seed)
-    with torch.no_grad():
-        while (counts < quotas).any():
-            action = agent.dist.mode(agent.dist_params(torch.as_tensor(obs, dtype=torch.float32)))
-            env_action = action.numpy()
-            if isinstance(act_space, gym.spaces.Box):
-                env_action = np.clip(env_action, act_space.low, act_space.high)
-            obs, reward, terminated, truncated, _ = env.step(env_action)
-            running += reward
-            for i in np.flatnonzero(terminated | truncated):
-                if counts[i] < quotas[i]:
-                    returns.append(float(running[i]))
-                    counts[i] += 1
-                running[i] = 0.0
+    while (counts < quotas).any():
+        env_action = act(obs)
+        if isinstance(act_space, gym.spaces.Box):
+            env_action = np.clip(env_action, act_space.low, act_space.high)
+        obs, reward, terminated, truncated, _ = env.step(env_action)
+        running += reward
+        for i in np.flatnonzero(terminated | truncated):
+            if counts[i] < quotas[i]:
+                returns.append(float(running[i]))
+                counts[i] += 1
+            running[i] = 0.0
     return np.asarray(returns)

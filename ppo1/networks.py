@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import gymnasium as gym
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppo1.config import Activation, NetworkConfig
@@ -14,6 +16,10 @@ from ppo1.distributions import ActionDistribution, Categorical, DiagGaussian
 _ACTIVATIONS: dict[Activation, type[nn.Module]] = {
     Activation.tanh: nn.Tanh,
     Activation.relu: nn.ReLU,
+}
+_ACTIVATION_FNS: dict[Activation, Callable[[Tensor], Tensor]] = {
+    Activation.tanh: torch.tanh,
+    Activation.relu: torch.relu,
 }
 
 
@@ -33,13 +39,24 @@ def ortho_init_(module: nn.Module, gain: float) -> None:
             nn.init.zeros_(layer.bias)
 
 
+def linears(body: nn.Module) -> list[nn.Linear]:
+    return [layer for layer in body.modules() if isinstance(layer, nn.Linear)]
+
+
 class ActorCritic(nn.Module):
-    """pi(a|s) and V(s); separate towers by default, as SB PPO1's MlpPolicy has."""
+    """pi(a|s) and V(s); separate towers by default, as SB PPO1's MlpPolicy has.
+
+    The towers are `nn.Sequential`s (so parameters, initialisation and checkpoints read as
+    usual), but the forward passes call `F.linear` on their weights directly: on a 2x64 MLP
+    the `Module.__call__` machinery costs as much as the arithmetic.
+    """
 
     def __init__(
         self, obs_dim: int, action_space: gym.spaces.Discrete | gym.spaces.Box, cfg: NetworkConfig
     ) -> None:
         super().__init__()
+        self.shared = cfg.shared
+        self.activation = _ACTIVATION_FNS[cfg.activation]
         self.pi_body = mlp(obs_dim, cfg.hidden, cfg.activation)
         self.v_body = self.pi_body if cfg.shared else mlp(obs_dim, cfg.hidden, cfg.activation)
         self.dist: ActionDistribution
@@ -58,17 +75,75 @@ class ActorCritic(nn.Module):
             ortho_init_(self.v_body, math.sqrt(2))
             ortho_init_(self.pi_head, 0.01)
             ortho_init_(self.v_head, 1.0)
+        # Plain lists (not registered twice as submodules) for the functional forward.
+        self.pi_layers, self.v_layers = linears(self.pi_body), linears(self.v_body)
 
-    def dist_params(self, obs: Tensor) -> Tensor:
-        """Flat parameters of pi(.|s): log-probabilities, or [mean, log_std]."""
-        out = self.pi_head(self.pi_body(obs))
+    def tower(self, obs: Tensor, layers: list[nn.Linear]) -> Tensor:
+        for layer in layers:
+            obs = self.activation(F.linear(obs, layer.weight, layer.bias))
+        return obs
+
+    def head_params(self, out: Tensor) -> Tensor:
+        """pi(.|s) as flat parameters from the policy head's output (see `dist_params`)."""
         if self.log_std is None:
             return torch.log_softmax(out, dim=-1)
         return torch.cat([out, self.log_std.expand_as(out)], dim=-1)
 
+    def dist_params(self, obs: Tensor) -> Tensor:
+        """Flat parameters of pi(.|s): log-probabilities, or [mean, log_std]."""
+        hidden = self.tower(obs, self.pi_layers)
+        return self.head_params(F.linear(hidden, self.pi_head.weight, self.pi_head.bias))
+
     def value(self, obs: Tensor) -> Tensor:
-        v: Tensor = self.v_head(self.v_body(obs)).squeeze(-1)
-        return v
+        hidden = self.tower(obs, self.v_layers)
+        return F.linear(hidden, self.v_head.weight, self.v_head.bias).squeeze(-1)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        return self.dist_params(obs), self.value(obs)
+        if not self.shared:
+            return self.dist_params(obs), self.value(obs)
+        hidden = self.tower(obs, self.pi_layers)
+        pi_out = F.linear(hidden, self.pi_head.weight, self.pi_head.bias)
+        value = F.linear(hidden, self.v_head.weight, self.v_head.bias).squeeze(-1)
+        return self.head_params(pi_out), value
+
+    def fused(self) -> FusedActorCritic:
+        """A frozen single-MLP copy of the current weights, for acting (see FusedActorCritic)."""
+        return FusedActorCritic(self)
+
+
+class FusedActorCritic:
+    """Both towers of an ActorCritic as one MLP, for inference: the same function, fewer calls.
+
+    Separate towers become one MLP whose first layer stacks both towers' weights and whose
+    later layers (and the two heads) are block-diagonal, so a forward is L + 1 `addmm`s instead
+    of 2 (L + 1); the output is [policy head | value]. The extra terms are exact zeros, so
+    the result equals ActorCritic.forward up to float summation order. It is a snapshot of the
+    weights: build a new one after every update.
+    """
+
+    def __init__(self, agent: ActorCritic) -> None:
+        self.agent = agent
+        pairs = list(zip(agent.pi_layers, agent.v_layers, strict=True))
+        pairs.append((agent.pi_head, agent.v_head))
+        self.layers: list[tuple[Tensor, Tensor]] = []
+        with torch.no_grad():
+            for i, (pi, v) in enumerate(pairs):
+                is_head = i == len(pairs) - 1
+                if agent.shared and not is_head:
+                    weight = pi.weight
+                elif agent.shared or i == 0:
+                    weight = torch.cat([pi.weight, v.weight])
+                else:
+                    weight = torch.block_diag(pi.weight, v.weight)  # type: ignore[no-untyped-call]
+                bias = pi.bias if agent.shared and not is_head else torch.cat([pi.bias, v.bias])
+                # Stored as [in, out] so each layer is one addmm(bias, x, weight).
+                self.layers.append((weight.T.contiguous(), bias.detach().clone()))
+
+    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """(dist params, value) of a [B, obs_dim] batch, as ActorCritic.forward returns them."""
+        x = obs
+        for weight, bias in self.layers[:-1]:
+            x = self.agent.activation(torch.addmm(bias, x, weight))
+        weight, bias = self.layers[-1]
+        out = torch.addmm(bias, x, weight)
+        return self.agent.head_params(out[:, :-1]), out[:, -1]

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ppo1.config import AdvNorm, AlgoConfig
 from ppo1.networks import ActorCritic
+from ppo1.optim import FlatAdam
 from ppo1.rollout import Rollout
 
 
@@ -134,7 +135,7 @@ class UpdateStats:
 
 
 def ppo_update(
-    agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: Batch, cfg: AlgoConfig, clip: float
+    agent: ActorCritic, optimizer: FlatAdam, batch: Batch, cfg: AlgoConfig, clip: float
 ) -> UpdateStats:
     """cfg.epochs passes of Adam over shuffled minibatches of the clipped surrogate loss."""
     advantages = batch.advantages
@@ -143,7 +144,6 @@ def ppo_update(
     n, mb = len(batch), cfg.minibatch_size
     # SB PPO1 drops the last partial minibatch (256 / 64 -> 4 steps an epoch); SB3 keeps it.
     starts = range(0, n - mb + 1 if cfg.drop_last else n, mb)
-    params = list(agent.parameters())
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     terms: list[Tensor] = []
     epochs_done, stop = 0, False
@@ -176,9 +176,9 @@ def ppo_update(
                     f"non-finite loss {loss.item()} (policy {pg_loss.item()}, value "
                     f"{v_loss.item()}, entropy {entropy.item()}); lower algo.lr or algo.clip"
                 )
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = optimizer.clip_grad_norm(max_norm)
             optimizer.step()
             terms.append(
                 torch.stack(

@@ -10,7 +10,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
 
-from ppo1.networks import ActorCritic
+from ppo1.networks import ActorCritic, FusedActorCritic
 
 
 def gae(
@@ -49,7 +49,11 @@ class Episode:
 
 
 class Rollout:
-    """Storage for one rollout of `n_steps` x `num_envs` transitions, allocated once."""
+    """Storage for one rollout of `n_steps` x `num_envs` transitions, allocated once.
+
+    The env-facing fields also have NumPy views (`*_np`, sharing memory) so each step's
+    arrays are copied straight in, without building a tensor per field per step.
+    """
 
     def __init__(
         self,
@@ -74,6 +78,11 @@ class Rollout:
         self.truncated = torch.zeros(shape, dtype=torch.bool)
         self.final_values = torch.zeros(shape)
         self.next_values = torch.zeros(shape)
+        self.obs_np = self.obs.numpy()
+        self.rewards_np = self.rewards.numpy()
+        self.terminated_np = self.terminated.numpy()
+        self.dones_np = self.dones.numpy()
+        self.truncated_np = self.truncated.numpy()
 
 
 class RolloutCollector:
@@ -100,21 +109,24 @@ class RolloutCollector:
             n_steps, self.num_envs, obs_space.shape[0], agent, act_space.shape, self.discrete
         )
         obs, _ = env.reset(seed=seed)
-        self.obs = torch.as_tensor(obs, dtype=torch.float32)
+        # The observation the next rollout starts from (a row of buffer.obs once it starts).
+        self.next_obs = np.asarray(obs, dtype=np.float32)
         self.ep_returns = np.zeros(self.num_envs)
         self.ep_lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.global_step = 0
 
     def collect(self) -> list[Episode]:
         """Fill the buffer with one rollout; return the episodes that ended during it."""
-        buf, agent, episodes = self.buffer, self.agent, []
-        with torch.no_grad():
-            for t in range(buf.obs.shape[0]):
-                params, value = agent(self.obs)
-                action = agent.dist.sample(params)
-                buf.obs[t] = self.obs
+        buf, dist, episodes = self.buffer, self.agent.dist, []
+        n_steps = buf.obs.shape[0]
+        buf.obs_np[0] = self.next_obs
+        # Inference mode: no autograd bookkeeping; weights fused once per rollout.
+        with torch.inference_mode():
+            policy = self.agent.fused()
+            for t in range(n_steps):
+                params, value = policy(buf.obs[t])
+                action = dist.sample(params)
                 buf.actions[t] = action
-                buf.log_probs[t] = agent.dist.log_prob(params, action)
                 buf.values[t] = value
                 buf.dist_params[t] = params
                 # The Gaussian sample is stored unclipped so log pi(a|s) stays exact;
@@ -124,15 +136,21 @@ class RolloutCollector:
                     env_action = np.clip(env_action, self.low, self.high)
                 obs, reward, terminated, truncated, info = self.env.step(env_action)
                 self.global_step += self.num_envs
-                buf.rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
-                buf.terminated[t] = torch.as_tensor(terminated)
-                buf.dones[t] = torch.as_tensor(terminated | truncated)
-                buf.truncated[t] = torch.as_tensor(truncated & ~terminated)
-                if self.bootstrap_truncation and buf.truncated[t].any():
-                    self._bootstrap_final_values(t, info)
-                episodes += self._track_episodes(reward, terminated | truncated)
-                self.obs = torch.as_tensor(obs, dtype=torch.float32)
-            last_value = agent.value(self.obs)
+                buf.rewards_np[t] = reward
+                buf.terminated_np[t] = terminated
+                done = terminated | truncated
+                buf.dones_np[t] = done
+                buf.truncated_np[t] = truncated & ~terminated
+                if t + 1 < n_steps:
+                    buf.obs_np[t + 1] = obs
+                else:
+                    self.next_obs = np.asarray(obs, dtype=np.float32)
+                if self.bootstrap_truncation and buf.truncated_np[t].any():
+                    self._bootstrap_final_values(t, info, policy)
+                episodes += self._track_episodes(reward, done)
+            last_value = policy(torch.from_numpy(self.next_obs))[1]
+            # One batched call instead of one per step: the same numbers.
+            buf.log_probs.copy_(dist.log_prob(buf.dist_params, buf.actions))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_value
         if self.bootstrap_truncation:
@@ -142,13 +160,13 @@ class RolloutCollector:
             buf.terminated |= buf.truncated
         return episodes
 
-    def _bootstrap_final_values(self, t: int, info: dict[str, np.ndarray]) -> None:
+    def _bootstrap_final_values(
+        self, t: int, info: dict[str, np.ndarray], policy: FusedActorCritic
+    ) -> None:
         """V(final observation) of the envs truncated at step t (step returned a reset obs)."""
-        idx = self.buffer.truncated[t].nonzero().squeeze(-1)
-        final_obs = np.stack([info["final_obs"][i] for i in idx.tolist()])
-        self.buffer.final_values[t, idx] = self.agent.value(
-            torch.as_tensor(final_obs, dtype=torch.float32)
-        )
+        idx = np.flatnonzero(self.buffer.truncated_np[t])
+        final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
+        self.buffer.final_values[t, torch.from_numpy(idx)] = policy(torch.from_numpy(final_obs))[1]
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray) -> list[Episode]:
         self.ep_returns += reward
