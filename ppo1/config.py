@@ -192,7 +192,8 @@ class EvalConfig:
     # Evaluate the deterministic policy every this many updates (and always after the last).
     every: int = 10
     episodes: int = 20
-    num_envs: int = 4
+    # Episodes run in parallel (capped at `episodes`): fewer policy calls per evaluation.
+    num_envs: int = 20
 
     def __post_init__(self) -> None:
         _raise_if(

@@ -83,7 +83,7 @@ def train(
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
     envs = make_vector_env(cfg.env, cfg.env.num_envs)
-    eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs)
+    eval_envs = make_vector_env(cfg.env, min(cfg.eval.num_envs, cfg.eval.episodes))
     agent = build_agent(cfg, envs)
     optimizer = FlatAdam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
     collector = RolloutCollector(
