@@ -38,7 +38,7 @@ from ppo1.config import TrackingConfig, TrainConfig, register_configs, to_train_
 from ppo1.envs import make_vector_env
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, ppo_update
-from ppo1.rollout import RolloutCollector, gae
+from ppo1.rollout import RolloutCollector
 from ppo1.tracking import Tracker, project_root
 from ppo1.train import train
 
@@ -179,15 +179,7 @@ def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]
         start = time.perf_counter()
         collector.collect()
         buf = collector.buffer
-        advantages, returns = gae(
-            buf.rewards,
-            buf.values,
-            buf.next_values,
-            buf.terminated,
-            buf.dones,
-            cfg.algo.gamma,
-            cfg.algo.gae_lambda,
-        )
+        advantages, returns = buf.advantages(cfg.algo.gamma, cfg.algo.gae_lambda)
         middle = time.perf_counter()
         batch = Batch.from_rollout(buf, advantages, returns)
         ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)

@@ -84,6 +84,12 @@ class Rollout:
         self.dones_np = self.dones.numpy()
         self.truncated_np = self.truncated.numpy()
 
+    def advantages(self, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+        """GAE(gamma, lambda) advantages and lambda-returns of the stored rollout (see `gae`)."""
+        return gae(
+            self.rewards, self.values, self.next_values, self.terminated, self.dones, gamma, lam
+        )
+
 
 class RolloutCollector:
     """Steps a same-step-autoreset vector env with the policy: one batched forward per step."""

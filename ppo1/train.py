@@ -23,7 +23,7 @@ from ppo1.evaluation import evaluate
 from ppo1.figure_logger import FigureLogger, figures_hint
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
-from ppo1.rollout import Episode, RolloutCollector, gae
+from ppo1.rollout import Episode, RolloutCollector
 from ppo1.schedules import multiplier, progress
 from ppo1.tracking import Tracker, tracking_uri
 from ppo1.trial import run_trial
@@ -107,15 +107,7 @@ def train(
 
             episodes = collector.collect()
             buf = collector.buffer
-            advantages, returns = gae(
-                buf.rewards,
-                buf.values,
-                buf.next_values,
-                buf.terminated,
-                buf.dones,
-                cfg.algo.gamma,
-                cfg.algo.gae_lambda,
-            )
+            advantages, returns = buf.advantages(cfg.algo.gamma, cfg.algo.gae_lambda)
             stats = ppo_update(
                 agent, optimizer, Batch.from_rollout(buf, advantages, returns), cfg.algo, clip
             )
