@@ -136,17 +136,24 @@ def test_sweep_prunes_diverging_trials_and_tracks_them(tmp_path: Path) -> None:
     assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
 
 
-def wait_for(condition: object, timeout: float) -> None:
+def wait_for(condition: object, timeout: float, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if callable(condition) and condition():
             return
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep exited ({process.returncode}) before the condition")
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout} s")
 
 
+# Trials long enough (32 updates, a few seconds) that a poll sees one training and that both
+# sweep processes are up before either could finish the study alone.
+SLOW_TRIALS = "total_timesteps=8192"
+
+
 def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
-    command = sweep_command(tmp_path, "tiny")
+    command = sweep_command(tmp_path, "tiny", SLOW_TRIALS)
     sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def training_second_trial() -> bool:
@@ -158,7 +165,7 @@ def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
         )
 
     try:
-        wait_for(training_second_trial, timeout=180)
+        wait_for(training_second_trial, timeout=180, process=sweep)
         sweep.send_signal(signal.SIGINT)
         sweep.communicate(timeout=60)
     finally:
@@ -180,7 +187,7 @@ def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
 
 
 def test_two_sweep_processes_share_one_study(tmp_path: Path) -> None:
-    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=6")
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=6", SLOW_TRIALS)
     sweeps = [
         subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(2)
     ]
