@@ -8,6 +8,7 @@ a minibatch larger than the batch) once `OmegaConf.to_object` builds the typed o
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -357,6 +358,15 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     train_cfg = OmegaConf.to_object(cfg)
     assert isinstance(train_cfg, TrainConfig)
     return train_cfg
+
+
+def to_train_config_or_exit(cfg: DictConfig) -> TrainConfig:
+    """`to_train_config` for command-line entrypoints: a ConfigError exits 2 with one message."""
+    try:
+        return to_train_config(cfg)
+    except ConfigError as err:
+        print(f"error: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def to_plain_dict(cfg: TrainConfig) -> dict[str, Any]:

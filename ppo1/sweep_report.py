@@ -14,7 +14,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ppo1.config import ConfigError, register_configs, to_train_config
+from ppo1.config import register_configs, to_train_config_or_exit
 from ppo1.search_space import search_space
 from ppo1.study import open_storage, storage_spec, study_lock
 from ppo1.study_report import report_study
@@ -25,10 +25,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(dict_cfg: DictConfig) -> None:
-    try:
-        cfg = to_train_config(dict_cfg)
-    except ConfigError as err:
-        sys.exit(f"error: invalid config: {err}")
+    cfg = to_train_config_or_exit(dict_cfg)
     if cfg.sweep is None:
         sys.exit("error: name the sweep: python -m ppo1.sweep_report sweep=NAME")
     spec = storage_spec(cfg.sweep)

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ppo1.checkpoint import build_agent, save_checkpoint
-from ppo1.config import ConfigError, TrainConfig, register_configs, to_plain_dict, to_train_config
+from ppo1.config import TrainConfig, register_configs, to_plain_dict, to_train_config_or_exit
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
 from ppo1.figure_logger import FigureLogger, figures_hint
@@ -171,11 +171,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(dict_cfg: DictConfig) -> float:
     """Hydra entrypoint; the return value is the objective a sweeper optimises."""
-    try:
-        cfg = to_train_config(dict_cfg)
-    except ConfigError as err:
-        print(f"error: invalid config: {err}", file=sys.stderr)
-        sys.exit(2)
+    cfg = to_train_config_or_exit(dict_cfg)
     if cfg.sweep is not None:
         if cfg.sweep.trial is None:
             print(
