@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
@@ -20,6 +21,23 @@ _ACTIVATIONS: dict[Activation, type[nn.Module]] = {
 _ACTIVATION_FNS: dict[Activation, Callable[[Tensor], Tensor]] = {
     Activation.tanh: torch.tanh,
     Activation.relu: torch.relu,
+}
+
+
+def _tanh_backward(grad: Tensor, out: Tensor) -> Tensor:
+    """dL/dx from dL/dy where y = tanh(x): grad (1 - y^2), from the saved output."""
+    return torch.addcmul(grad, grad * out, out, value=-1.0)
+
+
+def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
+    """dL/dx from dL/dy where y = relu(x): grad where y > 0 (torch's rule, 0 at x = 0)."""
+    return grad * (out > 0)
+
+
+# Each activation's derivative is written in terms of its output, which the tape keeps.
+_ACTIVATION_BACKWARDS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
+    Activation.tanh: _tanh_backward,
+    Activation.relu: _relu_backward,
 }
 
 
@@ -43,12 +61,23 @@ def linears(body: nn.Module) -> list[nn.Linear]:
     return [layer for layer in body.modules() if isinstance(layer, nn.Linear)]
 
 
+@dataclass
+class Tape:
+    """What the analytic backward needs from a forward: [obs, h_1, ..., h_L] of each tower."""
+
+    pi: list[Tensor]
+    v: list[Tensor]
+    params: Tensor
+
+
 class ActorCritic(nn.Module):
     """pi(a|s) and V(s); separate towers by default, as SB PPO1's MlpPolicy has.
 
     The towers are `nn.Sequential`s (so parameters, initialisation and checkpoints read as
     usual), but the forward passes call `F.linear` on their weights directly: on a 2x64 MLP
-    the `Module.__call__` machinery costs as much as the arithmetic.
+    the `Module.__call__` machinery costs as much as the arithmetic. For the same reason the
+    update does not use autograd: `forward_tape` keeps each layer's output and `backward`
+    applies the chain rule by hand, writing every parameter's `.grad` in place.
     """
 
     def __init__(
@@ -57,6 +86,7 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.shared = cfg.shared
         self.activation = _ACTIVATION_FNS[cfg.activation]
+        self.activation_backward = _ACTIVATION_BACKWARDS[cfg.activation]
         self.pi_body = mlp(obs_dim, cfg.hidden, cfg.activation)
         self.v_body = self.pi_body if cfg.shared else mlp(obs_dim, cfg.hidden, cfg.activation)
         self.dist: ActionDistribution
@@ -78,10 +108,15 @@ class ActorCritic(nn.Module):
         # Plain lists (not registered twice as submodules) for the functional forward.
         self.pi_layers, self.v_layers = linears(self.pi_body), linears(self.v_body)
 
-    def tower(self, obs: Tensor, layers: list[nn.Linear]) -> Tensor:
+    def activations(self, obs: Tensor, layers: list[nn.Linear]) -> list[Tensor]:
+        """[obs, h_1, ..., h_L]: the input and every hidden layer's output of a tower."""
+        outputs = [obs]
         for layer in layers:
-            obs = self.activation(F.linear(obs, layer.weight, layer.bias))
-        return obs
+            outputs.append(self.activation(F.linear(outputs[-1], layer.weight, layer.bias)))
+        return outputs
+
+    def tower(self, obs: Tensor, layers: list[nn.Linear]) -> Tensor:
+        return self.activations(obs, layers)[-1]
 
     def head_params(self, out: Tensor) -> Tensor:
         """pi(.|s) as flat parameters from the policy head's output (see `dist_params`)."""
@@ -99,16 +134,61 @@ class ActorCritic(nn.Module):
         return F.linear(hidden, self.v_head.weight, self.v_head.bias).squeeze(-1)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.shared:
-            return self.dist_params(obs), self.value(obs)
-        hidden = self.tower(obs, self.pi_layers)
-        pi_out = F.linear(hidden, self.pi_head.weight, self.pi_head.bias)
-        value = F.linear(hidden, self.v_head.weight, self.v_head.bias).squeeze(-1)
-        return self.head_params(pi_out), value
+        params, value, _ = self.forward_tape(obs)
+        return params, value
+
+    def forward_tape(self, obs: Tensor) -> tuple[Tensor, Tensor, Tape]:
+        """(dist params, V) and the tape `backward` needs (under `torch.no_grad` for that)."""
+        pi = self.activations(obs, self.pi_layers)
+        v = pi if self.shared else self.activations(obs, self.v_layers)
+        params = self.head_params(F.linear(pi[-1], self.pi_head.weight, self.pi_head.bias))
+        value = F.linear(v[-1], self.v_head.weight, self.v_head.bias).squeeze(-1)
+        return params, value, Tape(pi, v, params)
+
+    def backward(self, tape: Tape, d_params: Tensor, d_value: Tensor) -> None:
+        """Chain rule from dL/d(dist params) and dL/dV to every `.grad`, overwriting it.
+
+        The same gradients autograd would give (tests/test_fast_path.py) without building a
+        graph: each weight gradient is one `mm` written straight into its `.grad` slot.
+        """
+        d_pi_out = self._head_backward(tape.params, d_params)
+        d_v_out = d_value.unsqueeze(-1)
+        write_linear_grads(self.pi_head, tape.pi[-1], d_pi_out)
+        write_linear_grads(self.v_head, tape.v[-1], d_v_out)
+        d_pi = d_pi_out @ self.pi_head.weight
+        d_v = d_v_out @ self.v_head.weight
+        if self.shared:
+            self._tower_backward(self.pi_layers, tape.pi, d_pi + d_v)
+        else:
+            self._tower_backward(self.pi_layers, tape.pi, d_pi)
+            self._tower_backward(self.v_layers, tape.v, d_v)
+
+    def _head_backward(self, params: Tensor, d_params: Tensor) -> Tensor:
+        """dL/d(policy head output): back through log_softmax, or split off log_std's share."""
+        if self.log_std is None:
+            return d_params - params.exp() * d_params.sum(-1, keepdim=True)
+        d_mean, d_log_std = d_params.chunk(2, dim=-1)
+        assert self.log_std.grad is not None
+        torch.sum(d_log_std, 0, out=self.log_std.grad)
+        return d_mean
+
+    def _tower_backward(self, layers: list[nn.Linear], outputs: list[Tensor], d_h: Tensor) -> None:
+        for i in range(len(layers) - 1, -1, -1):
+            d_pre = self.activation_backward(d_h, outputs[i + 1])
+            write_linear_grads(layers[i], outputs[i], d_pre)
+            if i > 0:  # the observations need no gradient
+                d_h = d_pre @ layers[i].weight
 
     def fused(self) -> FusedActorCritic:
         """A frozen single-MLP copy of the current weights, for acting (see FusedActorCritic)."""
         return FusedActorCritic(self)
+
+
+def write_linear_grads(layer: nn.Linear, x: Tensor, d_out: Tensor) -> None:
+    """dL/dW = d_out^T x and dL/db = sum_i d_out_i for y = x W^T + b, into the `.grad`s."""
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+    torch.mm(d_out.T, x, out=layer.weight.grad)
+    torch.sum(d_out, 0, out=layer.bias.grad)
 
 
 class FusedActorCritic:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -24,6 +25,12 @@ def clipped_surrogate_loss(ratio: Tensor, advantages: Tensor, clip: float) -> Te
     return -torch.min(unclipped, clipped).mean()
 
 
+def clipped_surrogate_grad(ratio: Tensor, advantages: Tensor, clip: float) -> Tensor:
+    """d(-L^CLIP)/dr_t of eq. (7): -A_t / B where min() takes the unclipped branch, else 0."""
+    active = clip_active(ratio, advantages, clip)
+    return torch.where(active, 0.0, advantages * (-1.0 / ratio.numel()))
+
+
 def clip_active(ratio: Tensor, advantages: Tensor, clip: float) -> Tensor:
     """Where L^CLIP takes the clipped branch (zero gradient): A>=0, r>1+eps or A<0, r<1-eps."""
     return ((advantages >= 0) & (ratio > 1.0 + clip)) | ((advantages < 0) & (ratio < 1.0 - clip))
@@ -38,6 +45,19 @@ def value_loss(
         clipped = old_values + torch.clamp(values - old_values, -clip_vf, clip_vf)
         loss = torch.max(loss, (clipped - returns).square())
     return loss.mean()
+
+
+def value_loss_grad(
+    values: Tensor, returns: Tensor, old_values: Tensor, clip_vf: float | None
+) -> Tensor:
+    """d value_loss / dV_t: 2 (V - R) / B, through the branch of the max that is taken."""
+    error = values - returns
+    if clip_vf is not None:
+        delta = values - old_values
+        clipped_error = old_values + torch.clamp(delta, -clip_vf, clip_vf) - returns
+        # The clipped branch only carries gradient inside the clip range, where it equals V - R.
+        error = torch.where(clipped_error.square() > error.square(), 0.0, error)
+    return error * (2.0 / values.numel())
 
 
 def approx_kl(log_ratio: Tensor) -> Tensor:
@@ -114,6 +134,10 @@ class Batch:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
+    def take(self, idx: Tensor) -> Batch:
+        """The samples at `idx` (a minibatch)."""
+        return Batch(*(getattr(self, f.name)[idx] for f in fields(self)))
+
 
 @dataclass
 class UpdateStats:
@@ -134,6 +158,48 @@ class UpdateStats:
     advantages: Tensor
 
 
+def ppo_loss_grad(agent: ActorCritic, mb: Batch, cfg: AlgoConfig, clip: float) -> Tensor:
+    """-L^{CLIP+VF+S} (eq. 9) of a minibatch, with its gradient written into every `.grad`.
+
+    The gradient is analytic, not autograd's: d(-L)/d log pi and d(-L)/dV from the loss
+    terms' derivatives, then `ActorCritic.backward`; on a 2x64 MLP autograd's bookkeeping
+    costs more than the arithmetic. Returns [policy loss, value loss, entropy, approx KL,
+    clip fraction]. Raises NonFiniteLossError, before writing any gradient, on NaN/inf.
+    """
+    dist = agent.dist
+    dist_params, values, tape = agent.forward_tape(mb.obs)
+    log_ratio = dist.log_prob(dist_params, mb.actions) - mb.log_probs
+    ratio = log_ratio.exp()
+    loss, pg_loss, v_loss, entropy = ppo_loss(
+        ratio, mb.advantages, values, mb.returns, mb.values, dist.entropy(dist_params), cfg, clip
+    )
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite loss {loss.item()} (policy {pg_loss.item()}, value "
+            f"{v_loss.item()}, entropy {entropy.item()}); lower algo.lr or algo.clip"
+        )
+    # d(-L)/d log pi = d(-L)/dr * r; the entropy term of eq. (9) is -c2 mean_t H_t.
+    d_log_prob = clipped_surrogate_grad(ratio, mb.advantages, clip).mul_(ratio)
+    d_params = dist.grad(dist_params, mb.actions, d_log_prob, -cfg.ent_coef / len(mb))
+    d_value = value_loss_grad(values, mb.returns, mb.values, cfg.clip_vf).mul_(cfg.vf_coef)
+    agent.backward(tape, d_params, d_value)
+    return torch.stack([pg_loss, v_loss, entropy, approx_kl(log_ratio), clip_fraction(ratio, clip)])
+
+
+def minibatches(batch: Batch, cfg: AlgoConfig) -> Iterator[Batch]:
+    """One epoch of shuffled minibatches, advantages normalised per minibatch if configured.
+
+    SB PPO1 drops the last partial minibatch (256 / 64 -> 4 steps an epoch); SB3 keeps it.
+    """
+    n, size = len(batch), cfg.minibatch_size
+    perm = torch.randperm(n)
+    for start in range(0, n - size + 1 if cfg.drop_last else n, size):
+        mb = batch.take(perm[start : start + size])
+        if cfg.adv_norm is AdvNorm.minibatch and len(mb) > 1:
+            mb.advantages = normalize_advantages(mb.advantages, AdvNorm.minibatch)
+        yield mb
+
+
 def ppo_update(
     agent: ActorCritic, optimizer: FlatAdam, batch: Batch, cfg: AlgoConfig, clip: float
 ) -> UpdateStats:
@@ -141,66 +207,33 @@ def ppo_update(
     advantages = batch.advantages
     if cfg.adv_norm is AdvNorm.batch:
         advantages = normalize_advantages(advantages, AdvNorm.batch)
-    n, mb = len(batch), cfg.minibatch_size
-    # SB PPO1 drops the last partial minibatch (256 / 64 -> 4 steps an epoch); SB3 keeps it.
-    starts = range(0, n - mb + 1 if cfg.drop_last else n, mb)
+    batch = replace(batch, advantages=advantages)
+    # A minibatch as large as the batch is the batch in every epoch: a full-batch gradient
+    # does not depend on the order, so skip the shuffle and the gathers (the RL Zoo default).
+    whole = [next(minibatches(batch, cfg))] if cfg.minibatch_size >= len(batch) else None
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     terms: list[Tensor] = []
-    epochs_done, stop = 0, False
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n)
-        for start in starts:
-            idx = perm[start : start + mb]
-            dist_params, values = agent(batch.obs[idx])
-            log_ratio = agent.dist.log_prob(dist_params, batch.actions[idx]) - batch.log_probs[idx]
-            ratio = log_ratio.exp()
-            kl_est = approx_kl(log_ratio.detach())
-            if cfg.target_kl is not None and kl_est.item() > 1.5 * cfg.target_kl:
-                stop = True
-                break
-            adv = advantages[idx]
-            if cfg.adv_norm is AdvNorm.minibatch and len(idx) > 1:
-                adv = normalize_advantages(adv, AdvNorm.minibatch)
-            loss, pg_loss, v_loss, entropy = ppo_loss(
-                ratio,
-                adv,
-                values,
-                batch.returns[idx],
-                batch.values[idx],
-                agent.dist.entropy(dist_params),
-                cfg,
-                clip,
-            )
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss {loss.item()} (policy {pg_loss.item()}, value "
-                    f"{v_loss.item()}, entropy {entropy.item()}); lower algo.lr or algo.clip"
-                )
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            grad_norm = optimizer.clip_grad_norm(max_norm)
-            optimizer.step()
-            terms.append(
-                torch.stack(
-                    [
-                        pg_loss.detach(),
-                        v_loss.detach(),
-                        entropy.detach(),
-                        kl_est,
-                        clip_fraction(ratio.detach(), clip),
-                        grad_norm,
-                    ]
-                )
-            )
-        if stop:
-            break
-        epochs_done += 1
-    means: list[float] = torch.stack(terms).mean(0).tolist() if terms else [float("nan")] * 6
-    pg, vf, ent, mean_kl_est, clipfrac, grad = means
+    epochs_done = 0
     with torch.no_grad():
+        for _ in range(cfg.epochs):
+            stop = False
+            for mb in whole or minibatches(batch, cfg):
+                mb_terms = ppo_loss_grad(agent, mb, cfg, clip)
+                # SB3's early stop: approx KL of this minibatch, before its step.
+                if cfg.target_kl is not None and mb_terms[3].item() > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+                grad_norm = optimizer.clip_grad_norm(max_norm)
+                optimizer.step()
+                terms.append(torch.cat([mb_terms, grad_norm.unsqueeze(0)]))
+            if stop:
+                break
+            epochs_done += 1
         new_params = agent.dist_params(batch.obs)
         kl = agent.dist.kl(batch.dist_params, new_params).mean().item()
         ratio = (agent.dist.log_prob(new_params, batch.actions) - batch.log_probs).exp()
+    means: list[float] = torch.stack(terms).mean(0).tolist() if terms else [float("nan")] * 6
+    pg, vf, ent, mean_kl_est, clipfrac, grad = means
     return UpdateStats(
         policy_loss=pg,
         value_loss=vf,

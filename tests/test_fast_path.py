@@ -16,11 +16,19 @@ import torch
 from torch import Tensor
 
 from ppo1.checkpoint import build_agent, load_checkpoint, save_checkpoint
-from ppo1.config import AlgoConfig, EnvConfig, NetworkConfig, TrainConfig
+from ppo1.config import Activation, AlgoConfig, EnvConfig, NetworkConfig, TrainConfig
 from ppo1.envs import make_vector_env
 from ppo1.networks import ActorCritic
 from ppo1.optim import FlatAdam
-from ppo1.ppo import Batch, approx_kl, normalize_advantages, ppo_loss, ppo_update
+from ppo1.ppo import (
+    Batch,
+    approx_kl,
+    clip_active,
+    normalize_advantages,
+    ppo_loss,
+    ppo_loss_grad,
+    ppo_update,
+)
 from ppo1.rollout import RolloutCollector, gae
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -202,6 +210,69 @@ def test_forward_paths_match_module_calls(
     fused_params, fused_value = agent.fused()(obs)
     torch.testing.assert_close(fused_params, expected_params, **TOL)
     torch.testing.assert_close(fused_value, expected_value, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("activation", "shared", "clip_vf", "ent_coef"),
+    [
+        (Activation.tanh, False, None, 0.0),
+        (Activation.tanh, True, 0.2, 0.01),
+        (Activation.relu, False, 0.2, 0.05),
+        (Activation.relu, True, None, 0.01),
+    ],
+)
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1, 1, (2,))])
+def test_analytic_gradient_matches_autograd(
+    space: gym.spaces.Discrete | gym.spaces.Box,
+    activation: Activation,
+    shared: bool,
+    clip_vf: float | None,
+    ent_coef: float,
+) -> None:
+    torch.manual_seed(0)
+    net = NetworkConfig(hidden=[16, 8], activation=activation, shared=shared, log_std_init=-0.3)
+    cfg = AlgoConfig(clip_vf=clip_vf, ent_coef=ent_coef, net=net)
+    agent = ActorCritic(5, space, net)
+    ref = ActorCritic(5, space, net)
+    ref.load_state_dict(agent.state_dict())
+    FlatAdam(agent.parameters(), lr=1e-3)  # gives every parameter its .grad slot
+    n = 64
+    obs = torch.randn(n, 5)
+    with torch.no_grad():
+        params, values = agent(obs)
+    actions = agent.dist.sample(params)
+    # An old policy and old values off the current ones, so that both clips bind somewhere.
+    old_log_probs = agent.dist.log_prob(params, actions) + 0.4 * torch.randn(n)
+    old_values = values + 0.3 * torch.randn(n)
+    mb = Batch(obs, actions, old_log_probs, old_values, params, torch.randn(n), torch.randn(n))
+
+    with torch.no_grad():
+        terms = ppo_loss_grad(agent, mb, cfg, clip=0.2)
+
+    ref_params, ref_values = module_forward(ref, obs)
+    log_ratio = ref.dist.log_prob(ref_params, actions) - old_log_probs
+    ratio = log_ratio.exp()
+    _, pg, vf, ent = ppo_loss(
+        ratio,
+        mb.advantages,
+        ref_values,
+        mb.returns,
+        old_values,
+        ref.dist.entropy(ref_params),
+        cfg,
+        0.2,
+    )
+    (pg + cfg.vf_coef * vf - cfg.ent_coef * ent).backward()  # type: ignore[no-untyped-call]
+    active = clip_active(ratio.detach(), mb.advantages, 0.2)
+    assert active.any() and not active.all()
+    if clip_vf is not None:
+        assert ((ref_values - old_values).abs() > clip_vf).any()
+    torch.testing.assert_close(terms[:3], torch.stack([pg, vf, ent]).detach(), **TOL)
+    torch.testing.assert_close(terms[3], approx_kl(log_ratio.detach()), **TOL)
+    for (name, p), p_ref in zip(agent.named_parameters(), ref.parameters(), strict=True):
+        assert p_ref.grad is not None and p.grad is not None
+        assert p_ref.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_flat_adam_matches_torch_adam_and_keeps_the_module_usable(tmp_path: Path) -> None:
