@@ -28,6 +28,7 @@ from ppo1.ppo import (
     ppo_loss,
     ppo_loss_grad,
     ppo_update,
+    step_losses,
 )
 from ppo1.rollout import RolloutCollector, gae
 
@@ -247,12 +248,12 @@ def test_analytic_gradient_matches_autograd(
     mb = Batch(obs, actions, old_log_probs, old_values, params, torch.randn(n), torch.randn(n))
 
     with torch.no_grad():
-        terms = ppo_loss_grad(agent, mb, cfg, clip=0.2)
+        terms = step_losses([ppo_loss_grad(agent, mb, cfg, clip=0.2)], agent.dist, cfg, 0.2)
 
     ref_params, ref_values = module_forward(ref, obs)
     log_ratio = ref.dist.log_prob(ref_params, actions) - old_log_probs
     ratio = log_ratio.exp()
-    _, pg, vf, ent = ppo_loss(
+    total, pg, vf, ent = ppo_loss(
         ratio,
         mb.advantages,
         ref_values,
@@ -262,13 +263,13 @@ def test_analytic_gradient_matches_autograd(
         cfg,
         0.2,
     )
-    (pg + cfg.vf_coef * vf - cfg.ent_coef * ent).backward()  # type: ignore[no-untyped-call]
+    total.backward()  # type: ignore[no-untyped-call]
     active = clip_active(ratio.detach(), mb.advantages, 0.2)
     assert active.any() and not active.all()
     if clip_vf is not None:
         assert ((ref_values - old_values).abs() > clip_vf).any()
-    torch.testing.assert_close(terms[:3], torch.stack([pg, vf, ent]).detach(), **TOL)
-    torch.testing.assert_close(terms[3], approx_kl(log_ratio.detach()), **TOL)
+    torch.testing.assert_close(terms[:4], torch.stack([total, pg, vf, ent]).detach(), **TOL)
+    torch.testing.assert_close(terms[4], approx_kl(log_ratio.detach()), **TOL)
     for (name, p), p_ref in zip(agent.named_parameters(), ref.parameters(), strict=True):
         assert p_ref.grad is not None and p.grad is not None
         assert p_ref.grad.abs().sum() > 0, name
