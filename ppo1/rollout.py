@@ -126,6 +126,7 @@ class RolloutCollector:
         buf, dist, episodes = self.buffer, self.agent.dist, []
         n_steps = buf.obs.shape[0]
         buf.obs_np[0] = self.next_obs
+        buf.truncated_np[:] = False
         # Inference mode: no autograd bookkeeping; weights fused once per rollout.
         with torch.inference_mode():
             policy = self.agent.fused()
@@ -144,16 +145,19 @@ class RolloutCollector:
                 self.global_step += self.num_envs
                 buf.rewards_np[t] = reward
                 buf.terminated_np[t] = terminated
-                done = terminated | truncated
-                buf.dones_np[t] = done
-                buf.truncated_np[t] = truncated & ~terminated
+                done = np.logical_or(terminated, truncated, out=buf.dones_np[t])
                 if t + 1 < n_steps:
                     buf.obs_np[t + 1] = obs
                 else:
                     self.next_obs = np.asarray(obs, dtype=np.float32)
-                if self.bootstrap_truncation and buf.truncated_np[t].any():
-                    self._bootstrap_final_values(t, info, policy)
-                episodes += self._track_episodes(reward, done)
+                self.ep_returns += reward
+                self.ep_lengths += 1
+                # Most steps end no episode: the bookkeeping below runs only on those that do.
+                if done.any():
+                    np.logical_and(truncated, ~terminated, out=buf.truncated_np[t])
+                    if self.bootstrap_truncation and buf.truncated_np[t].any():
+                        self._bootstrap_final_values(t, info, policy)
+                    episodes += self._end_episodes(done)
             last_value = policy(torch.from_numpy(self.next_obs))[1]
             # One batched call instead of one per step: the same numbers.
             buf.log_probs.copy_(dist.log_prob(buf.dist_params, buf.actions))
@@ -174,9 +178,7 @@ class RolloutCollector:
         final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
         self.buffer.final_values[t, torch.from_numpy(idx)] = policy(torch.from_numpy(final_obs))[1]
 
-    def _track_episodes(self, reward: np.ndarray, done: np.ndarray) -> list[Episode]:
-        self.ep_returns += reward
-        self.ep_lengths += 1
+    def _end_episodes(self, done: np.ndarray) -> list[Episode]:
         ended = [
             Episode(self.global_step, float(self.ep_returns[i]), int(self.ep_lengths[i]))
             for i in np.flatnonzero(done)
