@@ -533,13 +533,25 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser.add_argument("--seeds", type=int, help="time-to-solve seeds (default 5)")
     parser.add_argument("--repeats", type=int, help="repeats of the throughput rows (default 3)")
     parser.add_argument("--e2e-steps", type=int, help="env steps of each end-to-end run")
+    parser.add_argument(
+        "--tracking-pairs", type=int, help="tracked/untracked pairs of 20k-step runs (default 6)"
+    )
+    parser.add_argument(
+        "--main-job-pairs", type=int, help="tracked/untracked pairs of the main job (default 3)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test")
     parser.add_argument("--no-sb3", action="store_true", help="skip SB3 even if installed")
     parser.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
     parser.add_argument("--tracking-uri", help="MLflow store (default: as ppo1.train)")
     args = parser.parse_args(argv)
     budget = Budget.quick() if args.quick else Budget()
-    chosen = {"seeds": args.seeds, "repeats": args.repeats, "e2e_timesteps": args.e2e_steps}
+    chosen = {
+        "seeds": args.seeds,
+        "repeats": args.repeats,
+        "e2e_timesteps": args.e2e_steps,
+        "tracking_pairs": args.tracking_pairs,
+        "main_job_pairs": args.main_job_pairs,
+    }
     budget = replace(budget, **{k: v for k, v in chosen.items() if v is not None})
     cfg = compose_config(args.overrides)
     torch.set_num_threads(cfg.torch_threads)

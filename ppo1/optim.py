@@ -1,10 +1,11 @@
 """Adam over one flat buffer that every parameter (and its gradient) is a view of.
 
-With all parameters in one contiguous tensor, an Adam step is seven tensor ops whatever the
-number of layers, and the global gradient norm is one `vector_norm`. `torch.optim.Adam` pays
+With all parameters in one contiguous tensor, an Adam step is one fused kernel call whatever
+the number of layers, and the global gradient norm is one `vector_norm`. `torch.optim.Adam` pays
 ~1 ms a step on a 2x64 actor-critic in per-tensor Python loops and dispatch, and importing it
-for the first step pulls in `torch._dynamo` (~3 s of start-up). The arithmetic is exactly
-torch's single-tensor Adam (Kingma & Ba 2015, Algorithm 1, with its epsilon placement).
+for the first step pulls in `torch._dynamo` (~3 s of start-up). The arithmetic is torch's
+Adam (Kingma & Ba 2015, Algorithm 1, with its epsilon placement); tests/test_fast_path.py
+checks it against `torch.optim.Adam`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class FlatAdam:
         self.exp_avg_sq = torch.zeros_like(self.params)
         self.lr, self.eps, self.betas = lr, eps, betas
         self.steps = 0
+        self._step = torch.zeros(())  # the fused kernel reads the step count from a tensor
 
     def zero_grad(self) -> None:
         self.grads.zero_()
@@ -65,12 +67,27 @@ class FlatAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        """m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr m_hat / (sqrt(v_hat) + eps)."""
+        """m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr m_hat / (sqrt(v_hat) + eps).
+
+        One call of the fused CPU kernel behind `torch.optim.Adam(fused=True)` (~12 us here,
+        against ~80 us for the same update as seven tensor ops), called directly: importing
+        `torch.optim` costs the `torch._dynamo` start-up above.
+        """
         self.steps += 1
+        self._step.fill_(self.steps)
         beta1, beta2 = self.betas
-        self.exp_avg.lerp_(self.grads, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(self.grads, self.grads, value=1 - beta2)
-        step_size = self.lr / (1 - beta1**self.steps)
-        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-        self.params.addcdiv_(self.exp_avg, denom, value=-step_size)
+        torch._fused_adam_(
+            [self.params],
+            [self.grads],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self._step],
+            lr=self.lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )
