@@ -9,12 +9,14 @@ bootstrap its V(final observation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
+from gymnasium.vector.utils import batch_space
 
 from ppo1.config import ConfigError, EnvConfig, Vectorization
 
@@ -50,6 +52,63 @@ class SameStepCartPole(VectorWrapper):
         return obs, rewards, terminated, truncated, info
 
 
+class SameStepSyncEnv(VectorEnv):
+    """`num_envs` envs stepped in a loop with same-step autoreset: `SyncVectorEnv`'s contract
+    for this module (batched obs, rewards, terminated, truncated; `final_obs` / `_final_obs`),
+    without its per-step generality (space-generic batching, per-env info merging), which
+    costs ~20% of a Pendulum or MuJoCo vector step here. Flat Box observations only.
+    """
+
+    def __init__(self, env_fns: list[Callable[[], gym.Env[Any, Any]]]) -> None:
+        self.envs = [fn() for fn in env_fns]
+        env = self.envs[0]
+        self.num_envs = len(self.envs)
+        self.single_observation_space = env.observation_space
+        self.single_action_space = env.action_space
+        self.observation_space = batch_space(env.observation_space, self.num_envs)
+        self.action_space = batch_space(env.action_space, self.num_envs)
+        self.metadata = {**env.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        self.spec = env.spec
+        shape = (self.num_envs, *(env.observation_space.shape or ()))
+        self._obs = np.zeros(shape, dtype=env.observation_space.dtype)
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Resets env i with seed + i, as SyncVectorEnv does."""
+        if isinstance(seed, list):
+            seeds = seed
+        else:
+            seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
+        for i, (env, env_seed) in enumerate(zip(self.envs, seeds, strict=True)):
+            self._obs[i], _ = env.reset(seed=env_seed, options=options)
+        return self._obs.copy(), {}
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        final_obs: np.ndarray | None = None
+        for i, env in enumerate(self.envs):
+            obs, rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                if final_obs is None:
+                    final_obs = np.zeros_like(self._obs)
+                final_obs[i] = obs
+                obs, _ = env.reset()
+            self._obs[i] = obs
+        info: dict[str, Any] = {}
+        if final_obs is not None:
+            info = {"final_obs": final_obs, "_final_obs": terminated | truncated}
+        return self._obs.copy(), rewards, terminated, truncated, info
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+
 def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
     """`num_envs` copies of `cfg.id` with same-step autoreset (see the module docstring)."""
     limit: dict[str, Any] = (
@@ -60,15 +119,12 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
         if isinstance(native, CartPoleVectorEnv):
             return check_spaces(SameStepCartPole(native), cfg.id)
         native.close()
-    vector_cls = (
-        gym.vector.AsyncVectorEnv
-        if cfg.vectorization is Vectorization.async_
-        else (gym.vector.SyncVectorEnv)
-    )
+    env_fns = [lambda: gym.make(cfg.id, **limit) for _ in range(num_envs)]
     try:
-        env = vector_cls(
-            [lambda: gym.make(cfg.id, **limit) for _ in range(num_envs)],
-            autoreset_mode=AutoresetMode.SAME_STEP,
+        env: VectorEnv = (
+            gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+            if cfg.vectorization is Vectorization.async_
+            else SameStepSyncEnv(env_fns)
         )
     except gym.error.DependencyNotInstalled as err:
         raise ConfigError(f"env.id {cfg.id!r} needs an optional dependency: {err}") from err

@@ -79,6 +79,7 @@ def test_quick_bench_prints_saves_and_logs_a_run(
         for system in ("ppo1", "sb3"):
             assert (by_key[key].median(system) or 0.0) > 0, (key, system)
     assert by_key["tracking_overhead_pct"].median("ppo1") is not None
+    assert by_key["tracking_overhead_main_job_pct"].median("ppo1") is not None
     table = (out / "bench.md").read_text()
     assert table in printed and "| end-to-end | env-steps/s |" in table
     payload = json.loads((out / "bench.json").read_text())

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from ppo1.checkpoint import load_checkpoint
 from ppo1.config import AlgoConfig, TrainConfig
-from ppo1.envs import make_vector_env
+from ppo1.envs import SameStepSyncEnv, make_vector_env
 from ppo1.evaluate import main as evaluate_cli
 from ppo1.evaluation import evaluate
 from ppo1.networks import ActorCritic
@@ -201,6 +201,35 @@ def test_native_cartpole_autoresets_on_the_same_step(compose_cfg: Compose) -> No
     # Returned obs are fresh starts (|state| <= 0.05); the final obs moved away from them.
     assert np.abs(obs).max() <= 0.05
     assert not np.allclose(np.stack(info["final_obs"]), obs)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Acrobot-v1"])
+def test_loop_env_matches_gymnasium_sync_vector_env(env_id: str) -> None:
+    # A short time limit, and Acrobot's random policy, give truncations and terminations.
+    ours = SameStepSyncEnv([lambda: gym.make(env_id, max_episode_steps=7) for _ in range(3)])
+    theirs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make(env_id, max_episode_steps=7) for _ in range(3)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    assert ours.observation_space == theirs.observation_space
+    assert ours.action_space == theirs.action_space
+    np.testing.assert_array_equal(ours.reset(seed=5)[0], theirs.reset(seed=5)[0])
+    theirs.action_space.seed(0)
+    ends = 0
+    for _ in range(30):
+        action = theirs.action_space.sample()
+        got, want = ours.step(action), theirs.step(action)
+        for a, b in zip(got[:4], want[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
+        done = want[2] | want[3]
+        if done.any():
+            ends += int(done.sum())
+            np.testing.assert_array_equal(got[4]["_final_obs"], want[4]["_final_obs"])
+            for i in np.flatnonzero(done):
+                np.testing.assert_array_equal(got[4]["final_obs"][i], want[4]["final_obs"][i])
+        else:
+            assert "final_obs" not in got[4]
+    assert ends >= 6
 
 
 def test_truncation_bootstraps_from_the_final_observation(compose_cfg: Compose) -> None:
