@@ -84,6 +84,20 @@ def test_log_prob_and_entropy_match_torch() -> None:
     torch.testing.assert_close(Categorical().entropy(logp), ref_c.entropy())
 
 
+def test_samples_follow_the_distribution() -> None:
+    torch.manual_seed(0)
+    n = 200_000
+    probs = torch.tensor([[0.05, 0.15, 0.3, 0.5], [0.7, 0.1, 0.1, 0.1]])
+    actions = Categorical().sample(probs.log().repeat_interleave(n, 0)).view(2, n)
+    freqs = torch.stack([torch.bincount(row, minlength=4) for row in actions]) / n
+    # Binomial standard error is <= 0.0012 here: 0.005 is > 4 of them.
+    torch.testing.assert_close(freqs, probs, rtol=0, atol=0.005)
+    params = torch.tensor([[1.0, -2.0, math.log(0.5), 0.0]]).expand(n, 4)
+    draws = DiagGaussian().sample(params)
+    torch.testing.assert_close(draws.mean(0), torch.tensor([1.0, -2.0]), rtol=0, atol=0.01)
+    torch.testing.assert_close(draws.std(0), torch.tensor([0.5, 1.0]), rtol=0, atol=0.01)
+
+
 def test_approx_kl_k3_is_unbiased_for_kl() -> None:
     # Samples from p = N(0, 1), q = N(0.1, 1): E_p[(q/p - 1) - log(q/p)] = KL(p || q) = 0.005.
     torch.manual_seed(0)
