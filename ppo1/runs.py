@@ -9,18 +9,21 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mlflow.entities import Run
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from ppo1.config import TrackingConfig
 from ppo1.plots import EPISODIC_RETURN, Curves, Series
 from ppo1.ratios import RatioSnapshot, from_json
 from ppo1.rollout import Episode
 from ppo1.tracking import tracking_uri
+
+if TYPE_CHECKING:
+    # Imported where used instead: training imports this module, and `import mlflow` takes
+    # ~2 s that untracked runs should not pay.
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 # The run's figures and their ratio data live under this artifact folder.
 FIGURES_DIR = "figures"
@@ -59,6 +62,9 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_store(uri: str | None) -> MlflowClient:
     """A client on `uri` or the default store, for the command-line tools."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    from mlflow.tracking import MlflowClient
+
     # The commands print one line of their own; MLflow's download progress bars are noise.
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # type: ignore[no-untyped-call]
     return MlflowClient(uri or tracking_uri(TrackingConfig()))
@@ -70,6 +76,8 @@ def run_label(run: Run) -> str:
 
 def load_run(client: MlflowClient, run: Run) -> RunData:
     """Every metric's full history, the params and, when logged, the ratio snapshots."""
+    from mlflow.exceptions import MlflowException
+
     run_id = run.info.run_id
     curves: dict[str, Series] = {}
     for key in run.data.metrics:
@@ -91,6 +99,8 @@ def load_run(client: MlflowClient, run: Run) -> RunData:
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
     """The run with this id, or one readable error."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_run(run_id)
     except MlflowException as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,6 +182,25 @@ def test_nan_stops_training_and_marks_run_failed(compose_cfg: Compose, mlflow_ur
     assert "NonFiniteLossError" in run.data.tags["ppo1.error"]
     # The first update (all rewards finite) was logged and kept.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "losses/kl")] == [256]
+
+
+def test_an_untracked_run_never_imports_mlflow() -> None:
+    # `import mlflow` takes seconds; only tracked runs (and the MLflow tools) should pay it.
+    script = (
+        "import sys\n"
+        "from ppo1.train import main\n"
+        f"sys.argv = ['ppo1.train', 'tracking.enabled=false', 'save_model=false', *{TINY!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert "final evaluation" not in out.stdout  # verbose=false
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
 def test_continuous_actions_train_through_the_same_path(compose_cfg: Compose) -> None:
