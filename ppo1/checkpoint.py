@@ -11,13 +11,15 @@ from omegaconf import OmegaConf
 
 from ppo1.config import TrainConfig, to_plain_dict
 from ppo1.envs import make_vector_env
-from ppo1.networks import ActorCritic
+from ppo1.networks import ActorCritic, ObsNormalizer
 
 
 def build_agent(cfg: TrainConfig, env: VectorEnv) -> ActorCritic:
     obs_space = env.single_observation_space
     assert obs_space.shape is not None
-    return ActorCritic(obs_space.shape[0], env.single_action_space, cfg.algo.net)  # type: ignore[arg-type]
+    obs_dim = obs_space.shape[0]
+    norm = ObsNormalizer(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
+    return ActorCritic(obs_dim, env.single_action_space, cfg.algo.net, norm)  # type: ignore[arg-type]
 
 
 def save_checkpoint(path: Path, agent: ActorCritic, cfg: TrainConfig) -> None:

@@ -70,11 +70,16 @@ class EnvConfig:
     vectorization: Vectorization = Vectorization.auto
     # None keeps the registered TimeLimit of the env.
     max_episode_steps: int | None = None
+    # Feed the policy (obs - running mean) / running std, clipped to +-clip_obs: SB3's
+    # VecNormalize without reward scaling. The statistics are saved with the policy.
+    normalize_obs: bool = False
+    clip_obs: float = 10.0
 
     def __post_init__(self) -> None:
         _raise_if(
             [
                 (self.num_envs < 1, f"env.num_envs must be >= 1, got {self.num_envs}"),
+                (self.clip_obs <= 0, f"env.clip_obs must be > 0, got {self.clip_obs}"),
                 (
                     self.max_episode_steps is not None and self.max_episode_steps < 1,
                     f"env.max_episode_steps must be >= 1 or null, got {self.max_episode_steps}",

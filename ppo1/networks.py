@@ -70,6 +70,42 @@ class Tape:
     params: Tensor
 
 
+class ObsNormalizer(nn.Module):
+    """clip((obs - mean) / sqrt(var + 1e-8), +-clip) with a running mean and variance.
+
+    The statistics change only through `update`, which training calls after each PPO update
+    with the rollout just used: a rollout and its update see the same normalisation, so r_t
+    starts at exactly 1. Initial mean 0, variance 1 and count 1e-4, as SB3's RunningMeanStd.
+    """
+
+    mean: Tensor
+    var: Tensor
+    count: Tensor
+
+    def __init__(self, obs_dim: int, clip: float) -> None:
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("var", torch.ones(obs_dim))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return ((obs - self.mean) * torch.rsqrt(self.var + 1e-8)).clamp_(-self.clip, self.clip)
+
+    @torch.no_grad()
+    def update(self, obs: Tensor) -> None:
+        """Merge a [B, obs_dim] batch into the statistics (Chan et al.'s parallel algorithm)."""
+        n = obs.shape[0]
+        batch_mean, batch_var = obs.mean(0), obs.var(0, correction=0)
+        count = float(self.count)
+        total = count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * count + batch_var * n + delta.square() * (count * n / total)
+        self.mean += delta * (n / total)
+        self.var.copy_(m2 / total)
+        self.count.fill_(total)
+
+
 class ActorCritic(nn.Module):
     """pi(a|s) and V(s); separate towers by default, as SB PPO1's MlpPolicy has.
 
@@ -81,9 +117,15 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(
-        self, obs_dim: int, action_space: gym.spaces.Discrete | gym.spaces.Box, cfg: NetworkConfig
+        self,
+        obs_dim: int,
+        action_space: gym.spaces.Discrete | gym.spaces.Box,
+        cfg: NetworkConfig,
+        obs_norm: ObsNormalizer | None = None,
     ) -> None:
         super().__init__()
+        # A submodule, so its running statistics live in state_dict and checkpoints.
+        self.obs_norm = obs_norm
         self.shared = cfg.shared
         self.activation = _ACTIVATION_FNS[cfg.activation]
         self.activation_backward = _ACTIVATION_BACKWARDS[cfg.activation]
@@ -124,13 +166,17 @@ class ActorCritic(nn.Module):
             return torch.log_softmax(out, dim=-1)
         return torch.cat([out, self.log_std.expand_as(out)], dim=-1)
 
+    def normalize(self, obs: Tensor) -> Tensor:
+        """The network's input: `obs` through the observation normaliser, if there is one."""
+        return obs if self.obs_norm is None else self.obs_norm(obs)
+
     def dist_params(self, obs: Tensor) -> Tensor:
         """Flat parameters of pi(.|s): log-probabilities, or [mean, log_std]."""
-        hidden = self.tower(obs, self.pi_layers)
+        hidden = self.tower(self.normalize(obs), self.pi_layers)
         return self.head_params(F.linear(hidden, self.pi_head.weight, self.pi_head.bias))
 
     def value(self, obs: Tensor) -> Tensor:
-        hidden = self.tower(obs, self.v_layers)
+        hidden = self.tower(self.normalize(obs), self.v_layers)
         return F.linear(hidden, self.v_head.weight, self.v_head.bias).squeeze(-1)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,6 +185,7 @@ class ActorCritic(nn.Module):
 
     def forward_tape(self, obs: Tensor) -> tuple[Tensor, Tensor, Tape]:
         """(dist params, V) and the tape `backward` needs (under `torch.no_grad` for that)."""
+        obs = self.normalize(obs)
         pi = self.activations(obs, self.pi_layers)
         v = pi if self.shared else self.activations(obs, self.v_layers)
         params = self.head_params(F.linear(pi[-1], self.pi_head.weight, self.pi_head.bias))
@@ -221,7 +268,7 @@ class FusedActorCritic:
 
     def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """(dist params, value) of a [B, obs_dim] batch, as ActorCritic.forward returns them."""
-        x = obs
+        x = self.agent.normalize(obs)
         for weight, bias in self.layers[:-1]:
             x = self.agent.activation(torch.addmm(bias, x, weight))
         weight, bias = self.layers[-1]

@@ -111,6 +111,9 @@ def train(
             stats = ppo_update(
                 agent, optimizer, Batch.from_rollout(buf, advantages, returns), cfg.algo, clip
             )
+            if agent.obs_norm is not None:
+                # After the update, so that the rollout and its update saw the same statistics.
+                agent.obs_norm.update(buf.obs.reshape(-1, buf.obs.shape[-1]))
 
             step = collector.global_step
             figures.record(update, step, clip, stats)

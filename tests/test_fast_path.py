@@ -18,7 +18,7 @@ from torch import Tensor
 from ppo1.checkpoint import build_agent, load_checkpoint, save_checkpoint
 from ppo1.config import Activation, AlgoConfig, EnvConfig, NetworkConfig, TrainConfig
 from ppo1.envs import make_vector_env
-from ppo1.networks import ActorCritic
+from ppo1.networks import ActorCritic, ObsNormalizer
 from ppo1.optim import FlatAdam
 from ppo1.ppo import (
     Batch,
@@ -48,6 +48,8 @@ ROLLOUT_KEYS = (
 
 def module_forward(agent: ActorCritic, obs: Tensor) -> tuple[Tensor, Tensor]:
     """pi and V through the registered modules, one `Module.__call__` per layer."""
+    if agent.obs_norm is not None:
+        obs = agent.obs_norm(obs)
     pi_out = agent.pi_head(agent.pi_body(obs))
     if agent.log_std is None:
         params = torch.log_softmax(pi_out, dim=-1)
@@ -200,7 +202,9 @@ def test_forward_paths_match_module_calls(
     space: gym.spaces.Discrete | gym.spaces.Box, shared: bool
 ) -> None:
     torch.manual_seed(0)
-    agent = ActorCritic(5, space, NetworkConfig(hidden=[16, 8, 4], shared=shared))
+    norm = ObsNormalizer(5, clip=1.5)
+    norm.update(torch.randn(20, 5) * 2.0 - 1.0)
+    agent = ActorCritic(5, space, NetworkConfig(hidden=[16, 8, 4], shared=shared), norm)
     obs = torch.randn(7, 5)
     expected_params, expected_value = module_forward(agent, obs)
     params, value = agent(obs)
@@ -233,12 +237,15 @@ def test_analytic_gradient_matches_autograd(
     torch.manual_seed(0)
     net = NetworkConfig(hidden=[16, 8], activation=activation, shared=shared, log_std_init=-0.3)
     cfg = AlgoConfig(clip_vf=clip_vf, ent_coef=ent_coef, net=net)
-    agent = ActorCritic(5, space, net)
-    ref = ActorCritic(5, space, net)
+    # With shared towers, also through an observation normaliser with non-trivial statistics.
+    agent = ActorCritic(5, space, net, ObsNormalizer(5, clip=2.0) if shared else None)
+    ref = ActorCritic(5, space, net, ObsNormalizer(5, clip=2.0) if shared else None)
+    n = 64
+    obs = torch.randn(n, 5) * 3.0 + 1.0
+    if agent.obs_norm is not None:
+        agent.obs_norm.update(obs[:40] * 0.5)
     ref.load_state_dict(agent.state_dict())
     FlatAdam(agent.parameters(), lr=1e-3)  # gives every parameter its .grad slot
-    n = 64
-    obs = torch.randn(n, 5)
     with torch.no_grad():
         params, values = agent(obs)
     actions = agent.dist.sample(params)
@@ -274,6 +281,23 @@ def test_analytic_gradient_matches_autograd(
         assert p_ref.grad is not None and p.grad is not None
         assert p_ref.grad.abs().sum() > 0, name
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_obs_normalizer_keeps_running_moments_and_clips() -> None:
+    torch.manual_seed(0)
+    norm = ObsNormalizer(3, clip=2.5)
+    batches = [torch.randn(n, 3) * torch.tensor([1.0, 5.0, 0.1]) + 4.0 for n in (1, 7, 50, 200)]
+    for batch in batches:
+        norm.update(batch)
+    seen = torch.cat(batches).double()
+    torch.testing.assert_close(norm.mean.double(), seen.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(norm.var.double(), seen.var(0, correction=0), rtol=1e-3, atol=1e-4)
+    assert float(norm.count) == pytest.approx(258 + 1e-4)
+    mean, std = norm.mean, (norm.var + 1e-8).sqrt()
+    out = norm(torch.stack([mean, torch.tensor([100.0, -100.0, float(mean[2] + 2 * std[2])])]))
+    assert out[0].abs().max() < 1e-6  # the mean maps to 0
+    assert out[1].tolist()[:2] == [2.5, -2.5]  # clipped
+    assert float(out[1, 2]) == pytest.approx(2.0, rel=1e-4)  # two standard deviations
 
 
 def test_flat_adam_matches_torch_adam_and_keeps_the_module_usable(tmp_path: Path) -> None:

@@ -119,6 +119,28 @@ def test_run_is_logged_to_mlflow_and_policy_reloads(
     assert "CartPole-v1: mean return" in capsys.readouterr().out
 
 
+def test_observation_statistics_train_and_travel_with_the_policy(
+    compose_cfg: Compose, mlflow_uri: str, tmp_path: Path
+) -> None:
+    overrides = ["env=pendulum", "env.normalize_obs=true", f"tracking.uri={mlflow_uri}"]
+    cfg = compose_cfg([*overrides, *TINY])
+    result = train(cfg)
+    client = MlflowClient(mlflow_uri)
+    local = client.download_artifacts(str(result.run_id), "model/policy.pt", str(tmp_path))
+    agent, loaded_cfg = load_checkpoint(Path(local))
+    assert loaded_cfg.env.normalize_obs and agent.obs_norm is not None
+    # Both updates' rollouts (2 x 256 observations) went into the statistics.
+    assert float(agent.obs_norm.count) == pytest.approx(512 + 1e-4)
+    # Pendulum observes (cos, sin, angular velocity): the velocity spreads much wider.
+    assert agent.obs_norm.var[2] > 2 * agent.obs_norm.var[:2].max()
+    # The saved statistics are used: evaluating with them differs from evaluating without.
+    env = make_vector_env(loaded_cfg.env, 2)
+    with_stats = evaluate(agent, env, episodes=2, seed=0)
+    agent.obs_norm = None
+    without = evaluate(agent, env, episodes=2, seed=0)
+    assert with_stats.shape == (2,) and not np.array_equal(with_stats, without)
+
+
 @pytest.mark.parametrize("env_name", sorted(p.stem for p in (CONF / "env").glob("*.yaml")))
 def test_every_env_group_builds_and_steps(compose_cfg: Compose, env_name: str) -> None:
     cfg = compose_cfg([f"env={env_name}"])
