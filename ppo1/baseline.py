@@ -90,6 +90,11 @@ class Sb3Runner:
         from stable_baselines3.common.env_util import make_vec_env
 
         env = make_vec_env(self.cfg.env.id, n_envs=self.cfg.env.num_envs, seed=seed)
+        if self.cfg.env.normalize_obs:
+            from stable_baselines3.common.vec_env import VecNormalize
+
+            # SB3's counterpart of env.normalize_obs: running mean/std, clipped, no reward scaling.
+            env = VecNormalize(env, norm_reward=False, clip_obs=self.cfg.env.clip_obs)
         return PPO("MlpPolicy", env, seed=seed, **self.kwargs)
 
     def env_sps(self, seed: int, forward: bool) -> float:
@@ -169,8 +174,10 @@ class Sb3Runner:
                     return
                 seconds = time.perf_counter() - self.start - self.eval_seconds
                 eval_start = time.perf_counter()
+                # With VecNormalize the policy expects normalised observations (frozen here).
+                normalize = getattr(self.model.get_env(), "normalize_obs", lambda obs: obs)
                 returns = run_episodes(
-                    lambda obs: self.model.predict(obs, deterministic=True)[0],
+                    lambda obs: self.model.predict(normalize(obs), deterministic=True)[0],
                     eval_env,
                     cfg.eval.episodes,
                     seed + 10_000,
