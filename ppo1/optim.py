@@ -48,8 +48,13 @@ class FlatAdam:
         self.exp_avg = torch.zeros_like(self.params)
         self.exp_avg_sq = torch.zeros_like(self.params)
         self.lr, self.eps, self.betas = lr, eps, betas
-        self.steps = 0
-        self._step = torch.zeros(())  # the fused kernel reads the step count from a tensor
+        # The step count t, as a tensor because the fused kernel reads it from one.
+        self._step = torch.zeros(())
+
+    @property
+    def steps(self) -> int:
+        """Adam steps taken so far."""
+        return int(self._step)
 
     def zero_grad(self) -> None:
         self.grads.zero_()
@@ -73,8 +78,7 @@ class FlatAdam:
         against ~80 us for the same update as seven tensor ops), called directly: importing
         `torch.optim` costs the `torch._dynamo` start-up above.
         """
-        self.steps += 1
-        self._step.fill_(self.steps)
+        self._step += 1
         beta1, beta2 = self.betas
         torch._fused_adam_(
             [self.params],
