@@ -56,7 +56,10 @@ class Categorical:
 
         d log pi(a) / d log pi(j) = [j = a];  dH / d log pi(j) = -pi(j) (1 + log pi(j)).
         """
-        grad = params.exp().mul_(params + 1.0).mul_(-d_entropy)
+        if d_entropy == 0.0:  # no entropy bonus (the default): skip its three ops
+            grad = torch.zeros_like(params)
+        else:
+            grad = params.exp().mul_(params + 1.0).mul_(-d_entropy)
         return grad.scatter_add_(-1, actions.long().unsqueeze(-1), d_log_prob.unsqueeze(-1))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
@@ -27,9 +28,14 @@ def clipped_surrogate_loss(ratio: Tensor, advantages: Tensor, clip: float) -> Te
 
 
 def clipped_surrogate_grad(ratio: Tensor, advantages: Tensor, clip: float) -> Tensor:
-    """d(-L^CLIP)/dr_t of eq. (7): -A_t / B where min() takes the unclipped branch, else 0."""
-    active = clip_active(ratio, advantages, clip)
-    return torch.where(active, 0.0, advantages * (-1.0 / ratio.numel()))
+    """d(-L^CLIP)/d log r_t of eq. (7): -r_t A_t / B where min() takes the unclipped term.
+
+    min(r A, clip(r) A) takes r A exactly where the clip is not active (`clip_active`), ties
+    included, so comparing the two terms is the same mask in fewer ops than `clip_active`'s.
+    """
+    unclipped = ratio * advantages
+    taken = unclipped <= torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
+    return torch.where(taken, unclipped, 0.0).mul_(-1.0 / ratio.numel())
 
 
 def clip_active(ratio: Tensor, advantages: Tensor, clip: float) -> Tensor:
@@ -49,16 +55,16 @@ def value_loss(
 
 
 def value_loss_grad(
-    values: Tensor, returns: Tensor, old_values: Tensor, clip_vf: float | None
+    values: Tensor, returns: Tensor, old_values: Tensor, clip_vf: float | None, coef: float = 1.0
 ) -> Tensor:
-    """d value_loss / dV_t: 2 (V - R) / B, through the branch of the max that is taken."""
+    """coef * d value_loss / dV_t: 2 coef (V - R) / B, through the branch of the max taken."""
     error = values - returns
     if clip_vf is not None:
         delta = values - old_values
         clipped_error = old_values + torch.clamp(delta, -clip_vf, clip_vf) - returns
         # The clipped branch only carries gradient inside the clip range, where it equals V - R.
         error = torch.where(clipped_error.square() > error.square(), 0.0, error)
-    return error * (2.0 / values.numel())
+    return error.mul_(2.0 * coef / values.numel())
 
 
 def approx_kl(log_ratio: Tensor) -> Tensor:
@@ -180,11 +186,10 @@ def ppo_loss_grad(agent: ActorCritic, mb: Batch, cfg: AlgoConfig, clip: float) -
     dist = agent.dist
     dist_params, values, tape = agent.forward_tape(mb.obs)
     log_ratio = dist.log_prob(dist_params, mb.actions) - mb.log_probs
-    ratio = log_ratio.exp()
-    # d(-L)/d log pi = d(-L)/dr * r; the entropy term of eq. (9) is -c2 mean_t H_t.
-    d_log_prob = clipped_surrogate_grad(ratio, mb.advantages, clip).mul_(ratio)
+    # d(-L)/d log pi = d(-L)/d log r; the entropy term of eq. (9) is -c2 mean_t H_t.
+    d_log_prob = clipped_surrogate_grad(log_ratio.exp(), mb.advantages, clip)
     d_params = dist.grad(dist_params, mb.actions, d_log_prob, -cfg.ent_coef / len(mb))
-    d_value = value_loss_grad(values, mb.returns, mb.values, cfg.clip_vf).mul_(cfg.vf_coef)
+    d_value = value_loss_grad(values, mb.returns, mb.values, cfg.clip_vf, cfg.vf_coef)
     agent.backward(tape, d_params, d_value)
     return Step(mb, dist_params, values, log_ratio)
 
@@ -243,7 +248,7 @@ def ppo_update(
     whole = [next(minibatches(batch, cfg))] if cfg.minibatch_size >= len(batch) else None
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     steps: list[Step] = []
-    grad_norms: list[Tensor] = []
+    grad_norms: list[float] = []
     epochs_done = 0
     with torch.no_grad():
         for _ in range(cfg.epochs):
@@ -254,13 +259,15 @@ def ppo_update(
                 if cfg.target_kl is not None and approx_kl(step.log_ratio) > 1.5 * cfg.target_kl:
                     stop = True
                     break
-                grad_norm = optimizer.clip_grad_norm(max_norm)
-                if not torch.isfinite(grad_norm):
+                # A Python float: the check needs it on the host anyway, and `.item()` is
+                # ~1 us against ~15 us for torch.isfinite on a 0-d tensor.
+                grad_norm = optimizer.clip_grad_norm(max_norm).item()
+                if not math.isfinite(grad_norm):
                     # A NaN/inf loss makes a NaN/inf gradient: name the culprit, keep the weights.
                     total, pg, vf, ent = step_losses([step], agent.dist, cfg, clip)[:4].tolist()
                     raise NonFiniteLossError(
                         f"non-finite loss {total} (policy {pg}, value {vf}, entropy {ent}) or "
-                        f"gradient (norm {grad_norm.item()}); lower algo.lr or algo.clip"
+                        f"gradient (norm {grad_norm}); lower algo.lr or algo.clip"
                     )
                 optimizer.step()
                 steps.append(step)
@@ -275,7 +282,7 @@ def ppo_update(
         _, pg, vf, ent, mean_kl_est, clipfrac = (
             step_losses(steps, agent.dist, cfg, clip).tolist() if steps else [nan] * 6
         )
-        grad = torch.stack(grad_norms).mean().item() if steps else nan
+        grad = sum(grad_norms) / len(grad_norms) if steps else nan
     return UpdateStats(
         policy_loss=pg,
         value_loss=vf,

@@ -15,6 +15,7 @@ from ppo1.ppo import (
     approx_kl,
     clip_active,
     clip_fraction,
+    clipped_surrogate_grad,
     clipped_surrogate_loss,
     explained_variance,
     normalize_advantages,
@@ -44,6 +45,10 @@ def test_gradient_is_zero_exactly_where_clipping_is_active() -> None:
     assert active.tolist() == [True, True, False, False, False, False]
     assert (ratio.grad[active] == 0).all()
     torch.testing.assert_close(ratio.grad[~active], -adv[~active] / 6)
+    # The analytic form the update uses, d(-L)/d log r = r d(-L)/dr, by hand: 0 where clipped,
+    # -r A / 6 elsewhere (r = 1.1, 0.9, 0.7, 1.3 with A = 1, -1, 1, -1).
+    by_hand = torch.tensor([0.0, 0.0, -1.1, 0.9, -0.7, 1.3]) / 6
+    torch.testing.assert_close(clipped_surrogate_grad(ratio.detach(), adv, EPS), by_hand)
 
 
 def test_clip_fraction_counts_outside_band() -> None:
