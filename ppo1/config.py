@@ -28,12 +28,11 @@ def _raise_if(problems: list[tuple[bool, str]]) -> None:
         raise ConfigError("; ".join(failed))
 
 
-class Vectorization(Enum):
-    """How `num_envs` copies are stepped; `auto` takes a natively vectorized env if there is one."""
-
-    auto = "auto"
-    sync = "sync"
-    async_ = "async"
+# How `num_envs` copies are stepped: `auto` takes a natively vectorized env if there is one,
+# `sync` steps them in a loop in this process, `async` in subprocesses (AsyncVectorEnv).
+# Functional syntax because OmegaConf matches overrides to member *names* and `async` is a
+# Python keyword: `env.vectorization=async` must find a member called `async`.
+Vectorization = Enum("Vectorization", [("auto", "auto"), ("sync", "sync"), ("async", "async")])
 
 
 class AdvNorm(Enum):

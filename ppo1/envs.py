@@ -123,7 +123,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
     try:
         env: VectorEnv = (
             gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
-            if cfg.vectorization is Vectorization.async_
+            if cfg.vectorization is Vectorization["async"]
             else SameStepSyncEnv(env_fns)
         )
     except gym.error.DependencyNotInstalled as err:

@@ -275,6 +275,29 @@ def test_loop_env_matches_gymnasium_sync_vector_env(env_id: str) -> None:
     assert ends >= 6
 
 
+def test_async_envs_collect_the_same_rollout_as_the_loop(compose_cfg: Compose) -> None:
+    # `async` is a Python keyword, yet the override must read as users type it.
+    cfgs = [
+        compose_cfg(["env=acrobot", "env.max_episode_steps=9", f"env.vectorization={mode}"])
+        for mode in ("async", "sync")
+    ]
+    envs = [make_vector_env(cfg.env, 3) for cfg in cfgs]
+    assert isinstance(envs[0], gym.vector.AsyncVectorEnv)
+    assert isinstance(envs[1], SameStepSyncEnv)
+    buffers = []
+    for env in envs:
+        torch.manual_seed(0)
+        agent = ActorCritic(6, env.single_action_space, cfgs[0].algo.net)  # type: ignore[arg-type]
+        collector = RolloutCollector(env, agent, n_steps=20, bootstrap_truncation=True, seed=4)
+        collector.collect()
+        buffers.append(collector.buffer)
+        env.close()
+    ours, loop = buffers
+    assert loop.truncated.any()  # so the final-observation path is compared too
+    for key in ("obs", "actions", "rewards", "dones", "truncated", "next_values"):
+        assert torch.equal(getattr(ours, key), getattr(loop, key)), key
+
+
 def test_truncation_bootstraps_from_the_final_observation(compose_cfg: Compose) -> None:
     cfg = compose_cfg(["env.max_episode_steps=5"])
     env = make_vector_env(cfg.env, 2)
