@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,9 @@ def summarize(
 
 def to_json(snapshots: list[RatioSnapshot]) -> dict[str, Any]:
     """Snapshots as a JSON-ready dict, with the binning they were made with."""
-    rows = [asdict(s) for s in snapshots]
+    # vars(), not dataclasses.asdict: the fields are flat, and asdict's deep copy of every
+    # float in every list took ~0.1 s at the end of a 20k-step run.
+    rows = [vars(s) for s in snapshots]
     return {"quantiles": list(QUANTILES), "hist_edges": HIST_EDGES.tolist(), "snapshots": rows}
 
 
