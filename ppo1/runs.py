@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 FIGURES_DIR = "figures"
 SNAPSHOTS_FILE = "ratio_snapshots.json"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+# Logged by every PPO update: what tells a training run from a sweep's study or trial run.
+TRAINING_METRIC = "losses/kl"
 
 
 @dataclass
@@ -108,17 +110,31 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
 
 
 def resolve_runs(client: MlflowClient, targets: Sequence[str], filter_string: str) -> list[Run]:
-    """Run ids and experiment names -> runs; `filter_string` (MLflow search syntax) narrows the
-    experiments' runs. Fails with one message naming what matched nothing."""
+    """Run ids and experiment names -> runs; an experiment stands for its finished training
+    runs, narrowed by `filter_string` (MLflow search syntax). A run id is taken as it is.
+    Fails with one message naming what matched nothing."""
+    # Sweeps put study and multi-seed trial runs (no training curves) into the experiment, and
+    # a running or failed run would draw as a short curve among the finished ones.
+    from mlflow.exceptions import MlflowException
+
+    finished = "attributes.status = 'FINISHED'"
+    search = f"{filter_string} and {finished}" if filter_string.strip() else finished
     runs: list[Run] = []
     for target in targets:
         experiment = client.get_experiment_by_name(target)
         if experiment is not None:
-            found = client.search_runs(
-                [experiment.experiment_id], filter_string, order_by=["attributes.start_time ASC"]
-            )
+            try:
+                searched = client.search_runs(
+                    [experiment.experiment_id], search, order_by=["attributes.start_time ASC"]
+                )
+            except MlflowException as err:
+                raise SystemExit(f"error: --filter {filter_string!r}: {err.message}") from err
+            found = [run for run in searched if TRAINING_METRIC in run.data.metrics]
             if not found:
-                raise SystemExit(f"error: no runs in experiment {target!r} match {filter_string!r}")
+                raise SystemExit(
+                    f"error: no finished training runs in experiment {target!r}"
+                    + (f" match {filter_string!r}" if filter_string.strip() else "")
+                )
             runs += found
         elif _RUN_ID.fullmatch(target):
             runs.append(get_run(client, target))

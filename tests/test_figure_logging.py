@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ppo1 import dashboard
 from ppo1.config import TrainConfig
 from ppo1.ratios import summarize
 from ppo1.rollout import Episode
-from ppo1.runs import RunData, curves_from_history
+from ppo1.runs import TRAINING_METRIC, RunData, curves_from_history, resolve_runs
 from ppo1.train import train
 from tests.conftest import TINY
 
@@ -155,3 +156,28 @@ def test_default_length_run_figures_stay_under_the_bound(tmp_path: Path) -> None
     files = dashboard.write_figures(tmp_path, run)
     # Leave room for the model (~40 kB) and config.yaml beside the figures.
     assert sum(f.stat().st_size for f in files) <= MAX_RUN_BYTES - 100_000
+
+
+def test_an_experiment_compares_its_finished_training_runs_only(
+    compose_cfg: Callable[[list[str]], TrainConfig], mlflow_uri: str
+) -> None:
+    trained = [trained_run(compose_cfg, mlflow_uri, f"seed={seed}") for seed in (1, 2)]
+    client = MlflowClient(mlflow_uri)
+    experiment_id = client.get_run(trained[0]).info.experiment_id
+    # What a sweep adds beside them: a study run without curves, and a training run that failed.
+    study = client.create_run(experiment_id, tags={"ppo1.role": "study"}).info.run_id
+    client.set_terminated(study, "FINISHED")
+    failed = client.create_run(experiment_id).info.run_id
+    client.log_metric(failed, TRAINING_METRIC, 0.01, step=256)
+    client.set_terminated(failed, "FAILED")
+
+    assert [r.info.run_id for r in resolve_runs(client, ["ppo1"], "")] == trained
+    assert [r.info.run_id for r in resolve_runs(client, ["ppo1"], "params.seed = '2'")] == [
+        trained[1]
+    ]
+    # Named by id, a run is taken whatever its status.
+    assert [r.info.run_id for r in resolve_runs(client, [failed], "")] == [failed]
+    with pytest.raises(SystemExit, match=re.escape("--filter 'params.x='")):
+        resolve_runs(client, ["ppo1"], "params.x=")
+    with pytest.raises(SystemExit, match="no finished training runs in experiment 'ppo1' match"):
+        resolve_runs(client, ["ppo1"], "params.seed = '7'")
