@@ -16,7 +16,15 @@ from plotly.offline import get_plotlyjs
 
 from ppo1 import plots
 from ppo1.ratios import to_json
-from ppo1.runs import SNAPSHOTS_FILE, RunData, add_store_argument, get_run, load_run, open_store
+from ppo1.runs import (
+    SNAPSHOTS_FILE,
+    TRAINING_METRIC,
+    RunData,
+    add_store_argument,
+    get_run,
+    load_run,
+    open_store,
+)
 
 DASHBOARD = "dashboard.html"
 _STYLE = "body{font-family:sans-serif;margin:1em 2em}.plot{margin-bottom:1.5em}"
@@ -82,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     client = open_store(args.tracking_uri)
     run = load_run(client, get_run(client, args.run_id))
+    if TRAINING_METRIC not in run.curves:
+        raise SystemExit(
+            f"error: run {args.run_id} has no training curves (a sweep's study or trial run, "
+            "or a run stopped before its first update): nothing to draw"
+        )
     folder = args.out or Path(f"figures-{args.run_id[:8]}")
     write_figures(folder, run)
     print(f"wrote {folder / DASHBOARD} (opens offline in any browser) and {folder}/json/")

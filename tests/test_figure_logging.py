@@ -107,6 +107,11 @@ def test_export_command_redraws_the_logged_figures(
 
     with pytest.raises(SystemExit, match="no run"):
         dashboard.main(["0" * 32, "--tracking-uri", mlflow_uri])
+    # A run without curves (a sweep's study run, say) is refused, not drawn as empty figures.
+    empty = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    with pytest.raises(SystemExit, match="no training curves"):
+        dashboard.main([empty, "--out", str(tmp_path / "empty"), "--tracking-uri", mlflow_uri])
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize(
