@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import plotly.graph_objects as go
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna import visualization as vis
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.dashboard import html_page
 from ppo1.search_space import overrides
@@ -26,20 +27,47 @@ ComposeJob = Callable[[list[str]], DictConfig]
 _NOT_RERUN = ("sweep", "hydra", "verbose", "save_model", "tracking.figures")
 
 
-def study_figures(study: optuna.Study, params: list[str]) -> dict[str, go.Figure]:
-    """Optuna's Plotly figures by name; intermediate values show where pruned trials stopped."""
-    figures = {
-        "optimization_history": vis.plot_optimization_history(study),
-        "intermediate_values": vis.plot_intermediate_values(study),
-        "parallel_coordinate": vis.plot_parallel_coordinate(study, params=params),
-        "slice": vis.plot_slice(study, params=params),
-    }
+def _finished(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials with a finite value: the only ones Optuna's parameter plots read."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) >= 2:  # both need two finished trials to say anything
-        figures["param_importances"] = vis.plot_param_importances(study, params=params)
-        if len(params) >= 2:
-            figures["contour"] = vis.plot_contour(study, params=params)
-    return figures
+    return [t for t in complete if t.value is not None and math.isfinite(t.value)]
+
+
+def study_figures(study: optuna.Study, params: list[str]) -> tuple[dict[str, go.Figure], list[str]]:
+    """Optuna's Plotly figures by name, and a note for each one that cannot be drawn yet.
+
+    Intermediate values show where pruned trials stopped. The other plots read finished trials
+    only, and the parameter plots raise on a parameter none of them has: after a sweep whose
+    trials were all pruned or failed, or a key added to a study whose new trials were pruned.
+    """
+    figures: dict[str, go.Figure] = {}
+    notes: list[str] = []
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        figures["intermediate_values"] = vis.plot_intermediate_values(study)
+    else:
+        notes.append("No trial has reported an evaluation yet: no intermediate values.")
+    finished = _finished(study)
+    drawn = [p for p in params if any(p in t.params for t in finished)]
+    if not drawn:
+        notes.append("No completed trial yet: no optimization history, no parameter plots.")
+        return figures, notes
+    figures = {"optimization_history": vis.plot_optimization_history(study), **figures}
+    if missing := [p for p in params if p not in drawn]:
+        notes.append(f"No completed trial has {', '.join(missing)}: left out of the plots.")
+    figures["parallel_coordinate"] = vis.plot_parallel_coordinate(study, params=drawn)
+    figures["slice"] = vis.plot_slice(study, params=drawn)
+    # Both need two finished trials with every drawn parameter to say anything.
+    covering = sum(set(drawn) <= set(t.params) for t in finished)
+    if covering >= 2:
+        figures["param_importances"] = vis.plot_param_importances(study, params=drawn)
+        if len(drawn) >= 2:
+            figures["contour"] = vis.plot_contour(study, params=drawn)
+    else:
+        notes.append(
+            f"Parameter importances and contour need two completed trials with "
+            f"{', '.join(drawn)}; {covering} so far."
+        )
+    return figures, notes
 
 
 def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,10 +137,13 @@ def report_study(
         command = rerun_command(_plain(best_cfg), _plain(compose_job([])))
         print(f"best trial {study.best_trial.number}: {study.best_value:.2f}", flush=True)
         print(f"re-run it: {command}", flush=True)
+    else:
+        print("no completed trial yet: no best trial to re-run", flush=True)
     if parent is None:
         return
     client, run_id = parent
-    page = html_page(f"Optuna study {study.study_name}", study_figures(study, params))
+    figures, notes = study_figures(study, params)
+    page = html_page(f"Optuna study {study.study_name}", figures, notes)
     client.log_text(run_id, page, "optuna/report.html")
     if best_cfg is not None and command is not None:
         summary = best_trial_summary(study)

@@ -6,6 +6,7 @@ tests/conf/sweep, an Optuna journal file and an MLflow SQLite store in a tempora
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 import subprocess
@@ -134,6 +135,52 @@ def test_sweep_prunes_diverging_trials_and_tracks_them(tmp_path: Path) -> None:
     assert f"re-run it: {command}" in report.stdout
     (again,) = runs_by_role(tmp_path)["study"]
     assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+
+
+def study_report(tmp_path: Path, name: str) -> tuple[Run, str]:
+    """The parent run of study `name` and its optuna/report.html."""
+    (parent,) = [r for r in runs_by_role(tmp_path)["study"] if r.info.run_name == f"{name}-study"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = client.download_artifacts(parent.info.run_id, "optuna", str(tmp_path / name))
+    return parent, (Path(out) / "report.html").read_text()
+
+
+def figure_ids(page: str) -> list[str]:
+    return re.findall(r'<div id="(\w+)" class="plotly-graph-div"', page)
+
+
+def test_a_study_without_finished_trials_reports_what_it_can(tmp_path: Path) -> None:
+    # vf_coef=nan: every trial's loss is NaN on its first update, so it is pruned unevaluated.
+    diverging = sweep_command(tmp_path, "tiny", "sweep.study_name=nan", "algo.vf_coef=nan")
+    done = run([*diverging, "sweep.n_trials=2"], tmp_path)
+    assert "Traceback" not in done.stderr
+    assert "no completed trial yet" in done.stdout
+    parent, page = study_report(tmp_path, "nan")
+    assert parent.info.status == "FINISHED"
+    assert figure_ids(page) == []
+    assert "No completed trial yet: no optimization history, no parameter plots." in page
+
+    # A key added to a study: its trials so far lack it, and the new one is pruned.
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
+    run(
+        [
+            *sweep_command(tmp_path, "tiny", "sweep.n_trials=2", "algo.vf_coef=nan"),
+            "algo.ent_coef=interval(0.0,0.01)",
+        ],
+        tmp_path,
+    )
+    states = [t.state for t in load_study(tmp_path, "tiny").trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED]
+    parent, page = study_report(tmp_path, "tiny")
+    assert parent.info.status == "FINISHED"
+    assert figure_ids(page) == [
+        "optimization_history",
+        "intermediate_values",
+        "parallel_coordinate",
+        "slice",
+    ]
+    assert "No completed trial has algo.ent_coef: left out of the plots." in page
+    assert "need two completed trials with algo.clip; 1 so far" in page
 
 
 def wait_for(condition: object, timeout: float, process: subprocess.Popen[bytes]) -> None:

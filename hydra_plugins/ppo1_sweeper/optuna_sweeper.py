@@ -101,8 +101,6 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         # Imported here: Hydra imports every plugin when any app starts, and these pull in
         # mlflow (~2 s), which a plain `python -m ppo1.train` without tracking never needs.
-        from mlflow.entities import RunStatus
-
         from ppo1.study_report import report_study
         from ppo1.study_run import open_study_run
 
@@ -113,25 +111,40 @@ class OptunaSweeper(Sweeper):
             parent = open_study_run(tracking, sweep, spec)
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
         previous = signal.signal(signal.SIGTERM, _interrupt)
-        returns: list[JobReturn] = []
         try:
-            while trials := self._ask(study, sweep, space, spec, parent):
-                try:
-                    returns += self._run(study, trials, fixed, len(returns))
-                except BaseException:
-                    _give_back(study, trials)
-                    raise
+            returns = self._optimize(study, sweep, space, spec, fixed, parent)
+            report_study(study, list(space), self._job_config, fixed, parent)
+        except KeyboardInterrupt:
+            _end_run(parent, "KILLED")
+            raise
         except BaseException:
-            if parent is not None:
-                parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.KILLED))
+            # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
+            _end_run(parent, "FAILED")
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        report_study(study, list(space), self._job_config, fixed, parent)
         # The study run ends with the last sweep process working on it.
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if parent is not None and not running:
-            parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.FINISHED))
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            _end_run(parent, "FINISHED")
+        return returns
+
+    def _optimize(
+        self,
+        study: optuna.Study,
+        sweep: SweepConfig,
+        space: dict[str, BaseDistribution],
+        spec: str,
+        fixed: list[str],
+        parent: "tuple[MlflowClient, str] | None",
+    ) -> list[JobReturn]:
+        """Ask, launch and tell batches until the study has n_trials."""
+        returns: list[JobReturn] = []
+        while trials := self._ask(study, sweep, space, spec, parent):
+            try:
+                returns += self._run(study, trials, fixed, len(returns))
+            except BaseException:
+                _give_back(study, trials)
+                raise
         return returns
 
     def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -187,6 +200,12 @@ class OptunaSweeper(Sweeper):
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
+
+
+def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
+    """End the study's MLflow run, if tracking: FINISHED, FAILED or KILLED."""
+    if parent is not None:
+        parent[0].set_terminated(parent[1], status)
 
 
 def _give_back(study: optuna.Study, trials: list[optuna.Trial]) -> None:
