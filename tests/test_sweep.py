@@ -214,10 +214,12 @@ def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
     try:
         wait_for(training_second_trial, timeout=180, process=sweep)
         sweep.send_signal(signal.SIGINT)
-        sweep.communicate(timeout=60)
+        _, stderr = sweep.communicate(timeout=60)
     finally:
         sweep.kill()
-    assert sweep.returncode != 0
+    assert sweep.returncode == 130
+    assert "Traceback" not in stderr.decode() and "KeyboardInterrupt" not in stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1].startswith("interrupted: ")
     study = load_study(tmp_path, "tiny")
     interrupted = [t for t in study.trials if t.user_attrs.get(INTERRUPTED_ATTR)]
     assert len(interrupted) == 1 and interrupted[0].state is TrialState.FAIL

@@ -10,6 +10,7 @@ works and several sweep processes can share one study. Hydra loads plugins only 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
 import signal
+import sys
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -115,8 +116,15 @@ class OptunaSweeper(Sweeper):
             returns = self._optimize(study, sweep, space, spec, fixed, parent)
             report_study(study, list(space), self._job_config, fixed, parent)
         except KeyboardInterrupt:
+            # The bookkeeping is done (trials given back, see _optimize): one line, as plain
+            # training prints, instead of a traceback.
             _end_run(parent, "KILLED")
-            raise
+            print(
+                "interrupted: the running trials are given back and the study's MLflow run is "
+                "marked KILLED; run the same command to resume",
+                file=sys.stderr,
+            )
+            sys.exit(130)
         except BaseException:
             # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
             _end_run(parent, "FAILED")
