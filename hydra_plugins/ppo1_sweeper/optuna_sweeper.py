@@ -13,24 +13,25 @@ import signal
 import sys
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import optuna
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
+from hydra.errors import InstantiationException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from ppo1.config import ConfigError, SweepConfig, TrackingConfig, to_train_config
-from ppo1.pruning import PRUNE_REASON_ATTR
-from ppo1.search_space import overrides, search_space
+from ppo1.pruning import PRUNE_REASON_ATTR, build_pruner
+from ppo1.search_space import end_points, overrides, search_space
 from ppo1.study import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
@@ -89,7 +90,7 @@ class OptunaSweeper(Sweeper):
         """The sweep, tracking, plain overrides and search space; one message if invalid."""
         assert self.config is not None
         if self.config.get("sweep") is None:
-            raise CompactHydraException("error: hydra/sweeper=ppo1_optuna needs sweep=NAME")
+            _config_error("hydra/sweeper=ppo1_optuna needs sweep=NAME")
         fixed, specs = self._split(arguments)
         try:
             sweep = OmegaConf.to_object(self.config.sweep)
@@ -97,7 +98,32 @@ class OptunaSweeper(Sweeper):
             assert isinstance(sweep, SweepConfig) and isinstance(tracking, TrackingConfig)
             return sweep, tracking, fixed, search_space({**sweep.params, **specs})
         except ConfigError as err:
-            raise CompactHydraException(f"error: invalid sweep: {err}") from err
+            _config_error(f"invalid sweep: {err}")
+
+    def _check_fixed(
+        self, sweep: SweepConfig, fixed: list[str], space: dict[str, BaseDistribution]
+    ) -> None:
+        """Exit before the first trial if no trial could run: the fixed overrides give an
+        invalid config at both ends of the search space, or the sampler or pruner cannot be
+        built. Each trial would FAIL, and FAILs count toward n_trials, so re-running the
+        corrected command would find the study already full."""
+        errors = []
+        for point in end_points(space):
+            try:
+                to_train_config(self._job_config([*fixed, *overrides(point)]))
+                break
+            except ConfigError as err:
+                errors.append(err)
+        else:
+            _config_error(f"invalid config: {errors[0]}")
+        for key, build in (
+            ("sampler", lambda: instantiate(sweep.sampler)),
+            ("pruner", lambda: build_pruner(sweep)),
+        ):
+            try:
+                build()
+            except InstantiationException as err:
+                _config_error(f"invalid sweep.{key}: {' '.join(str(err).split())}")
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         # Imported here: Hydra imports every plugin when any app starts, and these pull in
@@ -106,6 +132,7 @@ class OptunaSweeper(Sweeper):
         from ppo1.study_run import open_study_run
 
         sweep, tracking, fixed, space = self._read(arguments)
+        self._check_fixed(sweep, fixed, space)
         spec = storage_spec(sweep)
         study = create_study(sweep, open_storage(spec))
         with study_lock(spec):
@@ -208,6 +235,12 @@ class OptunaSweeper(Sweeper):
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
+
+
+def _config_error(message: str) -> NoReturn:
+    """Exit 2 with one line, as `python -m ppo1.train` does for an invalid config."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
