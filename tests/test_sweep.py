@@ -22,7 +22,13 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ppo1.pruning import KL_ATTR, PRUNE_REASON_ATTR
-from ppo1.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, counted_trials, open_storage
+from ppo1.study import (
+    FAIL_REASON_ATTR,
+    INTERRUPTED_ATTR,
+    SETTINGS_ATTR,
+    counted_trials,
+    open_storage,
+)
 from tests.browser import offline_page
 
 pytestmark = pytest.mark.slow
@@ -181,6 +187,29 @@ def test_a_study_without_finished_trials_reports_what_it_can(tmp_path: Path) -> 
     ]
     assert "No completed trial has algo.ent_coef: left out of the plots." in page
     assert "need two completed trials with algo.clip; 1 so far" in page
+
+
+def test_resuming_with_settings_whose_values_do_not_compare_is_refused(tmp_path: Path) -> None:
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
+    recorded = {"sweep.objective": "final", "sweep.seeds": 1, "total_timesteps": 1024}
+    assert load_study(tmp_path, "tiny").user_attrs[SETTINGS_ATTR] == recorded
+
+    for changed, message in [
+        (
+            ["sweep.objective=auc", "total_timesteps=2048"],
+            "ran its trials with sweep.objective=final, total_timesteps=1024; this command has "
+            "sweep.objective=auc, total_timesteps=2048",
+        ),
+        (["sweep.seeds=2"], "ran its trials with sweep.seeds=1; this command has sweep.seeds=2"),
+    ]:
+        command = sweep_command(tmp_path, "tiny", "sweep.n_trials=2", *changed)
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert message in done.stderr and "Name a new study: sweep.study_name=" in done.stderr
+        assert len(load_study(tmp_path, "tiny").trials) == 1
+
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=2"), tmp_path)  # the same settings resume
+    assert len(load_study(tmp_path, "tiny").trials) == 2
 
 
 def wait_for(condition: object, timeout: float, process: subprocess.Popen[bytes]) -> None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from ppo1.config import ConfigError, SweepConfig, TrackingConfig, to_train_config
+from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
 from ppo1.pruning import PRUNE_REASON_ATTR, build_pruner
 from ppo1.search_space import end_points, overrides, search_space
 from ppo1.study import (
@@ -39,8 +39,10 @@ from ppo1.study import (
     counted_trials,
     create_study,
     open_storage,
+    settings_mismatch,
     storage_spec,
     study_lock,
+    value_settings,
 )
 
 if TYPE_CHECKING:
@@ -102,15 +104,15 @@ class OptunaSweeper(Sweeper):
 
     def _check_fixed(
         self, sweep: SweepConfig, fixed: list[str], space: dict[str, BaseDistribution]
-    ) -> None:
-        """Exit before the first trial if no trial could run: the fixed overrides give an
-        invalid config at both ends of the search space, or the sampler or pruner cannot be
-        built. Each trial would FAIL, and FAILs count toward n_trials, so re-running the
-        corrected command would find the study already full."""
+    ) -> TrainConfig:
+        """A job's config at an end of the search space; exit before the first trial if no
+        trial could run: the fixed overrides give an invalid config at both ends of the space,
+        or the sampler or pruner cannot be built. Each trial would FAIL, and FAILs count toward
+        n_trials, so re-running the corrected command would find the study already full."""
         errors = []
         for point in end_points(space):
             try:
-                to_train_config(self._job_config([*fixed, *overrides(point)]))
+                job_cfg = to_train_config(self._job_config([*fixed, *overrides(point)]))
                 break
             except ConfigError as err:
                 errors.append(err)
@@ -124,6 +126,7 @@ class OptunaSweeper(Sweeper):
                 build()
             except InstantiationException as err:
                 _config_error(f"invalid sweep.{key}: {' '.join(str(err).split())}")
+        return job_cfg
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         # Imported here: Hydra imports every plugin when any app starts, and these pull in
@@ -132,10 +135,13 @@ class OptunaSweeper(Sweeper):
         from ppo1.study_run import open_study_run
 
         sweep, tracking, fixed, space = self._read(arguments)
-        self._check_fixed(sweep, fixed, space)
+        job_cfg = self._check_fixed(sweep, fixed, space)
         spec = storage_spec(sweep)
         study = create_study(sweep, open_storage(spec))
         with study_lock(spec):
+            settings = value_settings(sweep, job_cfg.total_timesteps)
+            if mismatch := settings_mismatch(study, settings):
+                _config_error(mismatch)
             parent = open_study_run(tracking, sweep, spec)
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
         previous = signal.signal(signal.SIGTERM, _interrupt)
