@@ -51,7 +51,9 @@ def train_seeds(
         }
         if trial_run.run_id:
             tags["mlflow.parentRunId"] = trial_run.run_id
-        reporter = TrialReporter(trial, sweep.kl, step_offset=i * cfg.total_timesteps)
+        # The trial's final update: the last seed's last (num_updates whole batches).
+        last_step = cfg.num_updates * cfg.batch_size if i == sweep.seeds - 1 else None
+        reporter = TrialReporter(trial, sweep.kl, i * cfg.total_timesteps, last_step)
         result = train(seed_cfg, reporter, tags)
         values.append(objective_value(sweep.objective, result.evals))
         trial_run.log_metrics({f"objective/seed_{seed}": values[-1]}, 0)
