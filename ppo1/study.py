@@ -21,6 +21,8 @@ from ppo1.tracking import project_root
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 INTERRUPTED_ATTR = "interrupted"
 FAIL_REASON_ATTR = "fail_reason"
+# The job's whole config, as it trained: what the best trial's re-run command reproduces.
+CONFIG_ATTR = "config"
 # Study user attr: the settings its trial values were measured under (see value_settings).
 SETTINGS_ATTR = "value_settings"
 

@@ -12,12 +12,13 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from optuna import visualization as vis
 from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.dashboard import html_page
 from ppo1.search_space import overrides
+from ppo1.study import CONFIG_ATTR
 
 # Overrides -> the config a job of the sweep gets, without its `hydra` node.
 ComposeJob = Callable[[list[str]], DictConfig]
@@ -119,6 +120,21 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
     return {str(k): v for k, v in container.items()}
 
 
+def best_config(
+    study: optuna.Study, compose_job: ComposeJob, sweep_overrides: list[str]
+) -> dict[str, Any]:
+    """The config the best trial trained with, as its job stored it on the trial.
+
+    A trial from before jobs stored it gets a config composed again from `sweep_overrides` and
+    its params: today's sweep files and command, which may differ from what it ran with.
+    """
+    best = study.best_trial
+    stored: dict[str, Any] | None = best.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        return _plain(compose_job([*sweep_overrides, *overrides(best.params)]))
+    return stored
+
+
 def report_study(
     study: optuna.Study,
     params: list[str],
@@ -128,13 +144,13 @@ def report_study(
 ) -> None:
     """Print the best trial and log figures and the best trial's config on the parent run.
 
-    `sweep_overrides` select the sweep (`sweep=NAME ...`); the best trial's config is composed
-    from them and its params, and the re-run command is what differs from the plain defaults.
+    `sweep_overrides` select the sweep (`sweep=NAME ...`); the re-run command is what differs
+    in the best trial's config from the plain defaults.
     """
     best_cfg = command = None
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        best_cfg = compose_job([*sweep_overrides, *overrides(study.best_trial.params)])
-        command = rerun_command(_plain(best_cfg), _plain(compose_job([])))
+        best_cfg = best_config(study, compose_job, sweep_overrides)
+        command = rerun_command(best_cfg, _plain(compose_job([])))
         print(f"best trial {study.best_trial.number}: {study.best_value:.2f}", flush=True)
         print(f"re-run it: {command}", flush=True)
     else:
@@ -147,11 +163,10 @@ def report_study(
     client.log_text(run_id, page, "optuna/report.html")
     if best_cfg is not None and command is not None:
         summary = best_trial_summary(study)
-        with open_dict(best_cfg):
-            del best_cfg["sweep"]
+        trained = {key: value for key, value in best_cfg.items() if key != "sweep"}
         client.log_text(run_id, json.dumps(summary, indent=2), "best/summary.json")
         client.log_text(run_id, command + "\n", "best/command.txt")
-        client.log_text(run_id, OmegaConf.to_yaml(best_cfg), "best/config.yaml")
+        client.log_text(run_id, OmegaConf.to_yaml(trained), "best/config.yaml")
         client.set_tag(run_id, "optuna.best_trial", str(summary["best_trial"]))
         client.log_metric(run_id, "best_value", study.best_value)
     print(f"MLflow run {run_id} of the study: figures in optuna/report.html", flush=True)

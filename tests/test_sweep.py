@@ -212,6 +212,20 @@ def test_resuming_with_settings_whose_values_do_not_compare_is_refused(tmp_path:
     assert len(load_study(tmp_path, "tiny").trials) == 2
 
 
+def test_the_rerun_command_is_what_the_best_trial_trained(tmp_path: Path) -> None:
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "total_timesteps=2048"), tmp_path)
+    # The report on demand, without the sweep's total_timesteps=2048 (tiny.yaml says 1024).
+    report_command = [sys.executable, "-m", "ppo1.sweep_report"]
+    report = run([*report_command, *sweep_overrides(tmp_path, "tiny")], tmp_path)
+    (line,) = [line for line in report.stdout.splitlines() if line.startswith("re-run it: ")]
+    assert "total_timesteps=2048" in line.split()
+    parent, _ = study_report(tmp_path, "tiny")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    best = Path(client.download_artifacts(parent.info.run_id, "best", str(tmp_path / "best")))
+    assert (best / "command.txt").read_text().strip() == line.removeprefix("re-run it: ")
+    assert yaml.safe_load((best / "config.yaml").read_text())["total_timesteps"] == 2048
+
+
 def wait_for(condition: object, timeout: float, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
