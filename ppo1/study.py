@@ -46,6 +46,12 @@ def open_storage(spec: str) -> BaseStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def storage_exists(spec: str) -> bool:
+    """Whether `spec` may hold studies: an RDB URL, or a journal file already written (opening
+    a missing one creates it, and its folder)."""
+    return _is_url(spec) or Path(spec).exists()
+
+
 @contextmanager
 def study_lock(spec: str) -> Iterator[None]:
     """Serialise count-then-ask across sweep processes sharing a journal file.

@@ -166,3 +166,23 @@ def test_bad_sweep_input_fails_before_any_trial(
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "s.journal").exists()
+
+
+def test_a_report_on_a_missing_study_creates_no_files(tmp_path: Path) -> None:
+    journal = tmp_path / "optuna" / "nope.journal"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ppo1.sweep_report",
+            "sweep=clip_epochs_lr",
+            f"sweep.storage={journal}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: no study 'clip_epochs_lr' in {journal}"
+    assert list(tmp_path.iterdir()) == []
