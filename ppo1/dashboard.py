@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,10 @@ def run_figures(run: RunData) -> dict[str, go.Figure]:
     return figures
 
 
-def html_page(title: str, figures: dict[str, go.Figure]) -> str:
-    """A self-contained page: plotly.js once in the head, then one div per figure."""
+def html_page(title: str, figures: dict[str, go.Figure], notes: Sequence[str] = ()) -> str:
+    """A self-contained page: plotly.js once in the head, a paragraph per note (what the page
+    could not show, and why), then one div per figure."""
+    paragraphs = "".join(f'<p class="note">{html.escape(note)}</p>\n' for note in notes)
     divs = "\n".join(
         f'<div class="plot">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=name)}'
         "</div>"
@@ -57,7 +60,7 @@ def html_page(title: str, figures: dict[str, go.Figure]) -> str:
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style>\n<script>{get_plotlyjs()}</script></head>\n"
-        f"<body><h2>{html.escape(title)}</h2>\n{divs}\n</body></html>\n"
+        f"<body><h2>{html.escape(title)}</h2>\n{paragraphs}{divs}\n</body></html>\n"
     )
 
 

@@ -59,13 +59,22 @@ class TrialReporter:
     """The `on_update` hook of one seed's training: reports to the trial, raises TrialPruned.
 
     Evaluation returns are reported at `step_offset + step`, so the seeds of a trial line up
-    one after another on the objective pruner's step axis, the same way in every trial.
+    one after another on the objective pruner's step axis, the same way in every trial. At
+    `last_step`, the trial's final update, only the KL rule may stop it: the budget is spent,
+    and pruning on the return there would only throw the result away.
     """
 
-    def __init__(self, trial: optuna.Trial, kl: KLPrunerConfig | None, step_offset: int) -> None:
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        kl: KLPrunerConfig | None,
+        step_offset: int,
+        last_step: int | None = None,
+    ) -> None:
         self.trial = trial
         self.kl = kl
         self.step_offset = step_offset
+        self.last_step = last_step
         self.kls: list[float] = []
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
@@ -75,16 +84,23 @@ class TrialReporter:
             self.trial.set_user_attr(KL_ATTR, self.kls)
         if "eval/mean_return" in metrics:
             self.trial.report(metrics["eval/mean_return"], self.step_offset + step)
+        reason = self._kl_reason() if step == self.last_step else self._prune_reason(step)
+        if reason:
+            self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+            raise optuna.TrialPruned(reason)
+
+    def _kl_reason(self) -> str | None:
+        return kl_divergence_reason(self.kls, self.kl) if self.kl is not None else None
+
+    def _prune_reason(self, step: int) -> str | None:
+        """Why the study's pruner stops the trial now, or None."""
         if not self.trial.should_prune():
-            return
-        reason = self.kl and kl_divergence_reason(self.kls, self.kl)
-        if not reason:
-            pruner = self.trial.study.pruner
-            if isinstance(pruner, KLPruner) and pruner.objective_pruner is not None:
-                pruner = pruner.objective_pruner
-            reason = (
-                f"evaluation return pruned by {type(pruner).__name__} "
-                f"at step {self.step_offset + step}"
-            )
-        self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
-        raise optuna.TrialPruned(reason)
+            return None
+        if reason := self._kl_reason():
+            return reason
+        pruner = self.trial.study.pruner
+        if isinstance(pruner, KLPruner) and pruner.objective_pruner is not None:
+            pruner = pruner.objective_pruner
+        return (
+            f"evaluation return pruned by {type(pruner).__name__} at step {self.step_offset + step}"
+        )

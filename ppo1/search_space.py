@@ -66,6 +66,19 @@ def search_space(params: dict[str, str]) -> dict[str, BaseDistribution]:
     return {key: distribution(key, spec) for key, spec in params.items()}
 
 
+def _ends(dist: BaseDistribution) -> tuple[Any, Any]:
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[0], dist.choices[-1]
+    assert isinstance(dist, FloatDistribution | IntDistribution)
+    return dist.low, dist.high
+
+
+def end_points(space: dict[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """Two points of the space: every key at its first value, then every key at its last."""
+    ends = {key: _ends(dist) for key, dist in space.items()}
+    return [{key: end[i] for key, end in ends.items()} for i in (0, 1)]
+
+
 def format_value(value: Any) -> str:
     """A sampled value as Hydra override syntax (booleans lower-case, floats round-trip)."""
     if isinstance(value, bool):

@@ -6,6 +6,7 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
 from hydra.utils import instantiate
@@ -20,6 +21,10 @@ from ppo1.tracking import project_root
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 INTERRUPTED_ATTR = "interrupted"
 FAIL_REASON_ATTR = "fail_reason"
+# The job's whole config, as it trained: what the best trial's re-run command reproduces.
+CONFIG_ATTR = "config"
+# Study user attr: the settings its trial values were measured under (see value_settings).
+SETTINGS_ATTR = "value_settings"
 
 
 def storage_spec(sweep: SweepConfig) -> str:
@@ -39,6 +44,12 @@ def open_storage(spec: str) -> BaseStorage:
     path = Path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def storage_exists(spec: str) -> bool:
+    """Whether `spec` may hold studies: an RDB URL, or a journal file already written (opening
+    a missing one creates it, and its folder)."""
+    return _is_url(spec) or Path(spec).exists()
 
 
 @contextmanager
@@ -67,6 +78,35 @@ def create_study(sweep: SweepConfig, storage: BaseStorage) -> optuna.Study:
         sampler=instantiate(sweep.sampler),
         direction="maximize",
         load_if_exists=True,
+    )
+
+
+def value_settings(sweep: SweepConfig, total_timesteps: int) -> dict[str, Any]:
+    """What a trial's value means besides its params: trials under other settings don't compare."""
+    return {
+        "sweep.objective": sweep.objective.value,
+        "sweep.seeds": sweep.seeds,
+        "total_timesteps": total_timesteps,
+    }
+
+
+def settings_mismatch(study: optuna.Study, settings: dict[str, Any]) -> str | None:
+    """Record `settings` on a study that has none; if it has others, say which differ.
+
+    Studies from before the record get this command's settings: nothing tells what theirs were.
+    """
+    recorded = study.user_attrs.get(SETTINGS_ATTR)
+    if recorded is None:
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        return None
+    differing = [key for key in settings if recorded.get(key) != settings[key]]
+    if not differing:
+        return None
+    was = ", ".join(f"{key}={recorded.get(key)}" for key in differing)
+    now = ", ".join(f"{key}={settings[key]}" for key in differing)
+    return (
+        f"study '{study.study_name}' ran its trials with {was}; this command has {now}, so "
+        f"their values would not compare. Name a new study: sweep.study_name=..."
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -11,12 +12,13 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from optuna import visualization as vis
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.dashboard import html_page
 from ppo1.search_space import overrides
+from ppo1.study import CONFIG_ATTR
 
 # Overrides -> the config a job of the sweep gets, without its `hydra` node.
 ComposeJob = Callable[[list[str]], DictConfig]
@@ -26,20 +28,47 @@ ComposeJob = Callable[[list[str]], DictConfig]
 _NOT_RERUN = ("sweep", "hydra", "verbose", "save_model", "tracking.figures")
 
 
-def study_figures(study: optuna.Study, params: list[str]) -> dict[str, go.Figure]:
-    """Optuna's Plotly figures by name; intermediate values show where pruned trials stopped."""
-    figures = {
-        "optimization_history": vis.plot_optimization_history(study),
-        "intermediate_values": vis.plot_intermediate_values(study),
-        "parallel_coordinate": vis.plot_parallel_coordinate(study, params=params),
-        "slice": vis.plot_slice(study, params=params),
-    }
+def _finished(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials with a finite value: the only ones Optuna's parameter plots read."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) >= 2:  # both need two finished trials to say anything
-        figures["param_importances"] = vis.plot_param_importances(study, params=params)
-        if len(params) >= 2:
-            figures["contour"] = vis.plot_contour(study, params=params)
-    return figures
+    return [t for t in complete if t.value is not None and math.isfinite(t.value)]
+
+
+def study_figures(study: optuna.Study, params: list[str]) -> tuple[dict[str, go.Figure], list[str]]:
+    """Optuna's Plotly figures by name, and a note for each one that cannot be drawn yet.
+
+    Intermediate values show where pruned trials stopped. The other plots read finished trials
+    only, and the parameter plots raise on a parameter none of them has: after a sweep whose
+    trials were all pruned or failed, or a key added to a study whose new trials were pruned.
+    """
+    figures: dict[str, go.Figure] = {}
+    notes: list[str] = []
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        figures["intermediate_values"] = vis.plot_intermediate_values(study)
+    else:
+        notes.append("No trial has reported an evaluation yet: no intermediate values.")
+    finished = _finished(study)
+    drawn = [p for p in params if any(p in t.params for t in finished)]
+    if not drawn:
+        notes.append("No completed trial yet: no optimization history, no parameter plots.")
+        return figures, notes
+    figures = {"optimization_history": vis.plot_optimization_history(study), **figures}
+    if missing := [p for p in params if p not in drawn]:
+        notes.append(f"No completed trial has {', '.join(missing)}: left out of the plots.")
+    figures["parallel_coordinate"] = vis.plot_parallel_coordinate(study, params=drawn)
+    figures["slice"] = vis.plot_slice(study, params=drawn)
+    # Both need two finished trials with every drawn parameter to say anything.
+    covering = sum(set(drawn) <= set(t.params) for t in finished)
+    if covering >= 2:
+        figures["param_importances"] = vis.plot_param_importances(study, params=drawn)
+        if len(drawn) >= 2:
+            figures["contour"] = vis.plot_contour(study, params=drawn)
+    else:
+        notes.append(
+            f"Parameter importances and contour need two completed trials with "
+            f"{', '.join(drawn)}; {covering} so far."
+        )
+    return figures, notes
 
 
 def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -91,6 +120,21 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
     return {str(k): v for k, v in container.items()}
 
 
+def best_config(
+    study: optuna.Study, compose_job: ComposeJob, sweep_overrides: list[str]
+) -> dict[str, Any]:
+    """The config the best trial trained with, as its job stored it on the trial.
+
+    A trial from before jobs stored it gets a config composed again from `sweep_overrides` and
+    its params: today's sweep files and command, which may differ from what it ran with.
+    """
+    best = study.best_trial
+    stored: dict[str, Any] | None = best.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        return _plain(compose_job([*sweep_overrides, *overrides(best.params)]))
+    return stored
+
+
 def report_study(
     study: optuna.Study,
     params: list[str],
@@ -100,27 +144,29 @@ def report_study(
 ) -> None:
     """Print the best trial and log figures and the best trial's config on the parent run.
 
-    `sweep_overrides` select the sweep (`sweep=NAME ...`); the best trial's config is composed
-    from them and its params, and the re-run command is what differs from the plain defaults.
+    `sweep_overrides` select the sweep (`sweep=NAME ...`); the re-run command is what differs
+    in the best trial's config from the plain defaults.
     """
     best_cfg = command = None
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        best_cfg = compose_job([*sweep_overrides, *overrides(study.best_trial.params)])
-        command = rerun_command(_plain(best_cfg), _plain(compose_job([])))
+        best_cfg = best_config(study, compose_job, sweep_overrides)
+        command = rerun_command(best_cfg, _plain(compose_job([])))
         print(f"best trial {study.best_trial.number}: {study.best_value:.2f}", flush=True)
         print(f"re-run it: {command}", flush=True)
+    else:
+        print("no completed trial yet: no best trial to re-run", flush=True)
     if parent is None:
         return
     client, run_id = parent
-    page = html_page(f"Optuna study {study.study_name}", study_figures(study, params))
+    figures, notes = study_figures(study, params)
+    page = html_page(f"Optuna study {study.study_name}", figures, notes)
     client.log_text(run_id, page, "optuna/report.html")
     if best_cfg is not None and command is not None:
         summary = best_trial_summary(study)
-        with open_dict(best_cfg):
-            del best_cfg["sweep"]
+        trained = {key: value for key, value in best_cfg.items() if key != "sweep"}
         client.log_text(run_id, json.dumps(summary, indent=2), "best/summary.json")
         client.log_text(run_id, command + "\n", "best/command.txt")
-        client.log_text(run_id, OmegaConf.to_yaml(best_cfg), "best/config.yaml")
+        client.log_text(run_id, OmegaConf.to_yaml(trained), "best/config.yaml")
         client.set_tag(run_id, "optuna.best_trial", str(summary["best_trial"]))
         client.log_metric(run_id, "best_value", study.best_value)
     print(f"MLflow run {run_id} of the study: figures in optuna/report.html", flush=True)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from ppo1.config import register_configs, to_train_config_or_exit
 from ppo1.search_space import search_space
-from ppo1.study import open_storage, storage_spec, study_lock
+from ppo1.study import open_storage, storage_exists, storage_spec, study_lock
 from ppo1.study_report import report_study
 from ppo1.study_run import open_study_run
 
@@ -29,10 +29,13 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.sweep is None:
         sys.exit("error: name the sweep: python -m ppo1.sweep_report sweep=NAME")
     spec = storage_spec(cfg.sweep)
+    missing = f"error: no study '{cfg.sweep.study_name}' in {spec}"
+    if not storage_exists(spec):
+        sys.exit(missing)
     try:
         study = optuna.load_study(study_name=cfg.sweep.study_name, storage=open_storage(spec))
     except KeyError:
-        sys.exit(f"error: no study '{cfg.sweep.study_name}' in {spec}")
+        sys.exit(missing)
     with study_lock(spec):
         parent = open_study_run(cfg.tracking, cfg.sweep, spec, reopen=False)
     given = HydraConfig.get().overrides

@@ -14,7 +14,7 @@ from ppo1.config import SweepConfig, TrainConfig, to_plain_dict
 from ppo1.objectives import objective_value
 from ppo1.ppo import NonFiniteLossError
 from ppo1.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
-from ppo1.study import PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
+from ppo1.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
 from ppo1.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ def train_seeds(
         }
         if trial_run.run_id:
             tags["mlflow.parentRunId"] = trial_run.run_id
-        reporter = TrialReporter(trial, sweep.kl, step_offset=i * cfg.total_timesteps)
+        # The trial's final update: the last seed's last (num_updates whole batches).
+        last_step = cfg.num_updates * cfg.batch_size if i == sweep.seeds - 1 else None
+        reporter = TrialReporter(trial, sweep.kl, i * cfg.total_timesteps, last_step)
         result = train(seed_cfg, reporter, tags)
         values.append(objective_value(sweep.objective, result.evals))
         trial_run.log_metrics({f"objective/seed_{seed}": values[-1]}, 0)
@@ -67,6 +69,7 @@ def run_trial(cfg: TrainConfig, train: TrainFn) -> float:
         study_name=sweep.study_name, storage=storage, pruner=build_pruner(sweep)
     )
     trial = find_trial(study, storage, sweep.trial)
+    trial.set_user_attr(CONFIG_ATTR, to_plain_dict(cfg))
     parent_run_id = trial.user_attrs.get(PARENT_RUN_ATTR)
     tags = trial_tags(sweep, trial.number, parent_run_id)
     with Tracker(cfg.tracking, to_plain_dict(cfg), tags) as trial_run:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
-from optuna.pruners import ThresholdPruner
+from optuna.pruners import MedianPruner, ThresholdPruner
 from optuna.trial import TrialState, create_trial
 
-from ppo1.config import KLMetric, KLPrunerConfig, SweepConfig
+from ppo1.config import KLMetric, KLPrunerConfig, SweepConfig, TrainConfig
 from ppo1.pruning import (
     KL_ATTR,
     PRUNE_REASON_ATTR,
@@ -21,6 +23,9 @@ from ppo1.pruning import (
     kl_divergence_reason,
 )
 from ppo1.study import find_trial, open_storage
+from ppo1.tracking import Tracker
+from ppo1.train import TrainResult, UpdateHook
+from ppo1.trial import TrainFn, train_seeds
 
 RULE = KLPrunerConfig(metric=KLMetric.kl, threshold=0.1, patience=3, warmup_updates=2)
 
@@ -126,3 +131,83 @@ def test_reporter_names_the_objective_pruner_and_offsets_seed_steps(tmp_path: Pa
     with pytest.raises(optuna.TrialPruned, match="ThresholdPruner at step 1256"):
         report(256, metrics(0.01, eval_return=10.0))
     assert study.trials[0].intermediate_values == {1256: 10.0}
+
+
+def test_only_the_kl_rule_may_stop_a_trial_at_its_last_report(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(
+        storage=storage,
+        study_name="s",
+        direction="maximize",
+        pruner=KLPruner(RULE, MedianPruner(n_startup_trials=1, n_warmup_steps=0)),
+    )
+    first = study.ask()
+    for step in (256, 512):
+        first.report(100.0, step)
+    study.tell(first, 100.0)
+
+    # Returns of 10 against a median of 100: pruned before the end, kept at the end.
+    midway = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="MedianPruner at step 256"):
+        TrialReporter(midway, RULE, step_offset=0, last_step=512)(256, metrics(0.01, 10.0))
+    done = study.ask()
+    TrialReporter(done, RULE, step_offset=0, last_step=512)(512, metrics(0.01, 10.0))
+    assert done.should_prune(), "the median rule would have thrown the finished trial away"
+
+    # A KL that blows up on the last update still stops it, as the KL rule says.
+    diverged = study.ask()
+    report = TrialReporter(diverged, RULE, step_offset=0, last_step=5 * 256)
+    for update, kl in enumerate([0.01, 0.01, 0.2, 0.3], start=1):
+        report(update * 256, metrics(kl))
+    with pytest.raises(optuna.TrialPruned, match=r"losses/kl > 0.1 in updates 3-5"):
+        report(5 * 256, metrics(0.4, 150.0))
+
+
+def evaluating_at_the_end(mean_return: float) -> TrainFn:
+    """A stand-in for ppo1.train.train: every update reports to the hook, as training does,
+    with a calm KL and an evaluation at the last update only."""
+
+    def train(cfg: TrainConfig, on_update: UpdateHook | None, tags: object) -> TrainResult:
+        assert on_update is not None
+        for update in range(1, cfg.num_updates + 1):
+            last = update == cfg.num_updates
+            on_update(update * cfg.batch_size, metrics(0.01, mean_return if last else None))
+        return TrainResult(None, mean_return, evals=[(cfg.total_timesteps, mean_return)])
+
+    return train
+
+
+def test_a_trial_keeps_its_result_after_its_whole_budget(
+    tmp_path: Path, compose_cfg: Callable[[list[str]], TrainConfig]
+) -> None:
+    cfg = compose_cfg(
+        [
+            "sweep=clip_epochs_lr",
+            "total_timesteps=1024",
+            "tracking.enabled=false",
+            f"sweep.storage={tmp_path / 'study.journal'}",
+            "sweep.pruner.n_startup_trials=1",
+            "sweep.pruner.n_warmup_steps=0",
+        ]
+    )
+    assert cfg.sweep is not None
+    study = optuna.create_study(
+        storage=open_storage(cfg.sweep.storage or ""),
+        study_name="s",
+        direction="maximize",
+        pruner=build_pruner(cfg.sweep),
+    )
+
+    def run(seeds: int, mean_return: float) -> float:
+        sweep = dataclasses.replace(cfg.sweep, seeds=seeds)
+        trial = study.ask()
+        with Tracker(cfg.tracking, {}) as trial_run:
+            value = train_seeds(evaluating_at_the_end(mean_return), cfg, sweep, trial, trial_run)
+        study.tell(trial, value)
+        return value
+
+    run(seeds=2, mean_return=100.0)  # the median: 100 at steps 1024 and 2048
+    # 10 at step 1024: the end of the first of two seeds is pruned, the end of the trial is not.
+    with pytest.raises(optuna.TrialPruned, match="MedianPruner at step 1024"):
+        run(seeds=2, mean_return=10.0)
+    assert run(seeds=1, mean_return=10.0) == 10.0

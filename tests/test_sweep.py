@@ -6,6 +6,7 @@ tests/conf/sweep, an Optuna journal file and an MLflow SQLite store in a tempora
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 import subprocess
@@ -21,7 +22,13 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ppo1.pruning import KL_ATTR, PRUNE_REASON_ATTR
-from ppo1.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, counted_trials, open_storage
+from ppo1.study import (
+    FAIL_REASON_ATTR,
+    INTERRUPTED_ATTR,
+    SETTINGS_ATTR,
+    counted_trials,
+    open_storage,
+)
 from tests.browser import offline_page
 
 pytestmark = pytest.mark.slow
@@ -136,6 +143,89 @@ def test_sweep_prunes_diverging_trials_and_tracks_them(tmp_path: Path) -> None:
     assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
 
 
+def study_report(tmp_path: Path, name: str) -> tuple[Run, str]:
+    """The parent run of study `name` and its optuna/report.html."""
+    (parent,) = [r for r in runs_by_role(tmp_path)["study"] if r.info.run_name == f"{name}-study"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = client.download_artifacts(parent.info.run_id, "optuna", str(tmp_path / name))
+    return parent, (Path(out) / "report.html").read_text()
+
+
+def figure_ids(page: str) -> list[str]:
+    return re.findall(r'<div id="(\w+)" class="plotly-graph-div"', page)
+
+
+def test_a_study_without_finished_trials_reports_what_it_can(tmp_path: Path) -> None:
+    # vf_coef=nan: every trial's loss is NaN on its first update, so it is pruned unevaluated.
+    diverging = sweep_command(tmp_path, "tiny", "sweep.study_name=nan", "algo.vf_coef=nan")
+    done = run([*diverging, "sweep.n_trials=2"], tmp_path)
+    assert "Traceback" not in done.stderr
+    assert "no completed trial yet" in done.stdout
+    parent, page = study_report(tmp_path, "nan")
+    assert parent.info.status == "FINISHED"
+    assert figure_ids(page) == []
+    assert "No completed trial yet: no optimization history, no parameter plots." in page
+
+    # A key added to a study: its trials so far lack it, and the new one is pruned.
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
+    run(
+        [
+            *sweep_command(tmp_path, "tiny", "sweep.n_trials=2", "algo.vf_coef=nan"),
+            "algo.ent_coef=interval(0.0,0.01)",
+        ],
+        tmp_path,
+    )
+    states = [t.state for t in load_study(tmp_path, "tiny").trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED]
+    parent, page = study_report(tmp_path, "tiny")
+    assert parent.info.status == "FINISHED"
+    assert figure_ids(page) == [
+        "optimization_history",
+        "intermediate_values",
+        "parallel_coordinate",
+        "slice",
+    ]
+    assert "No completed trial has algo.ent_coef: left out of the plots." in page
+    assert "need two completed trials with algo.clip; 1 so far" in page
+
+
+def test_resuming_with_settings_whose_values_do_not_compare_is_refused(tmp_path: Path) -> None:
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
+    recorded = {"sweep.objective": "final", "sweep.seeds": 1, "total_timesteps": 1024}
+    assert load_study(tmp_path, "tiny").user_attrs[SETTINGS_ATTR] == recorded
+
+    for changed, message in [
+        (
+            ["sweep.objective=auc", "total_timesteps=2048"],
+            "ran its trials with sweep.objective=final, total_timesteps=1024; this command has "
+            "sweep.objective=auc, total_timesteps=2048",
+        ),
+        (["sweep.seeds=2"], "ran its trials with sweep.seeds=1; this command has sweep.seeds=2"),
+    ]:
+        command = sweep_command(tmp_path, "tiny", "sweep.n_trials=2", *changed)
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert message in done.stderr and "Name a new study: sweep.study_name=" in done.stderr
+        assert len(load_study(tmp_path, "tiny").trials) == 1
+
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=2"), tmp_path)  # the same settings resume
+    assert len(load_study(tmp_path, "tiny").trials) == 2
+
+
+def test_the_rerun_command_is_what_the_best_trial_trained(tmp_path: Path) -> None:
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "total_timesteps=2048"), tmp_path)
+    # The report on demand, without the sweep's total_timesteps=2048 (tiny.yaml says 1024).
+    report_command = [sys.executable, "-m", "ppo1.sweep_report"]
+    report = run([*report_command, *sweep_overrides(tmp_path, "tiny")], tmp_path)
+    (line,) = [line for line in report.stdout.splitlines() if line.startswith("re-run it: ")]
+    assert "total_timesteps=2048" in line.split()
+    parent, _ = study_report(tmp_path, "tiny")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    best = Path(client.download_artifacts(parent.info.run_id, "best", str(tmp_path / "best")))
+    assert (best / "command.txt").read_text().strip() == line.removeprefix("re-run it: ")
+    assert yaml.safe_load((best / "config.yaml").read_text())["total_timesteps"] == 2048
+
+
 def wait_for(condition: object, timeout: float, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -167,10 +257,12 @@ def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
     try:
         wait_for(training_second_trial, timeout=180, process=sweep)
         sweep.send_signal(signal.SIGINT)
-        sweep.communicate(timeout=60)
+        _, stderr = sweep.communicate(timeout=60)
     finally:
         sweep.kill()
-    assert sweep.returncode != 0
+    assert sweep.returncode == 130
+    assert "Traceback" not in stderr.decode() and "KeyboardInterrupt" not in stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1].startswith("interrupted: ")
     study = load_study(tmp_path, "tiny")
     interrupted = [t for t in study.trials if t.user_attrs.get(INTERRUPTED_ATTR)]
     assert len(interrupted) == 1 and interrupted[0].state is TrialState.FAIL

@@ -15,7 +15,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from ppo1.config import ConfigError, Objective, SweepConfig, register_configs, to_train_config
 from ppo1.objectives import area_under_curve, objective_value
 from ppo1.pruning import build_pruner
-from ppo1.search_space import distribution, overrides, search_space
+from ppo1.search_space import distribution, end_points, overrides, search_space
 from ppo1.study_report import override_value, rerun_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,20 @@ def test_bad_sweep_values_fail_together() -> None:
         SweepConfig(n_trials=0, seeds=0)
 
 
+def test_end_points_of_a_search_space() -> None:
+    space = search_space(
+        {
+            "algo.clip": "interval(0.1, 0.3)",
+            "algo.epochs": "range(2, 31, 4)",
+            "a": "choice(x, y, z)",
+        }
+    )
+    assert end_points(space) == [
+        {"algo.clip": 0.1, "algo.epochs": 2, "a": "x"},
+        {"algo.clip": 0.3, "algo.epochs": 30, "a": "z"},
+    ]
+
+
 def test_trial_params_become_overrides() -> None:
     assert overrides({"algo.lr": 0.001, "algo.epochs": 4, "algo.net.shared": True}) == [
         "algo.lr=0.001",
@@ -123,6 +137,20 @@ def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
         (["sweep=clip_epochs_lr"], "error: a sweep runs as a multirun"),
         (["-m", "sweep=clip_epochs_lr", "sweep.n_trials=0"], "sweep.n_trials must be >= 1"),
         (["-m", "sweep=clip_epochs_lr", "algo.clip=interval(0.3,0.1)"], "sweep.params.algo.clip"),
+        # Fixed settings no trial could run with: caught before the study has any trial, which
+        # would FAIL and count toward n_trials.
+        (
+            ["-m", "sweep=clip_epochs_lr", "algo.minibatch_size=1000"],
+            "error: invalid config: algo.minibatch_size=1000 is larger than the batch",
+        ),
+        (
+            ["-m", "sweep=clip_epochs_lr", "sweep.pruner.n_warmup_steps=abc"],
+            "error: invalid sweep.pruner: Error in call to target",
+        ),
+        (
+            ["-m", "sweep=clip_epochs_lr", "sweep.sampler._target_=optuna.samplers.Nope"],
+            "error: invalid sweep.sampler: Error locating target 'optuna.samplers.Nope'",
+        ),
     ],
 )
 def test_bad_sweep_input_fails_before_any_trial(
@@ -135,6 +163,26 @@ def test_bad_sweep_input_fails_before_any_trial(
         text=True,
         timeout=120,
     )
-    assert done.returncode != 0 and message in done.stderr
+    assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "s.journal").exists()
+
+
+def test_a_report_on_a_missing_study_creates_no_files(tmp_path: Path) -> None:
+    journal = tmp_path / "optuna" / "nope.journal"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ppo1.sweep_report",
+            "sweep=clip_epochs_lr",
+            f"sweep.storage={journal}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: no study 'clip_epochs_lr' in {journal}"
+    assert list(tmp_path.iterdir()) == []

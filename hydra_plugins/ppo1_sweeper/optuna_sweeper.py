@@ -10,26 +10,28 @@ works and several sweep processes can share one study. Hydra loads plugins only 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
 import signal
+import sys
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import optuna
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
+from hydra.errors import InstantiationException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from ppo1.config import ConfigError, SweepConfig, TrackingConfig, to_train_config
-from ppo1.pruning import PRUNE_REASON_ATTR
-from ppo1.search_space import overrides, search_space
+from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
+from ppo1.pruning import PRUNE_REASON_ATTR, build_pruner
+from ppo1.search_space import end_points, overrides, search_space
 from ppo1.study import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
@@ -37,8 +39,10 @@ from ppo1.study import (
     counted_trials,
     create_study,
     open_storage,
+    settings_mismatch,
     storage_spec,
     study_lock,
+    value_settings,
 )
 
 if TYPE_CHECKING:
@@ -88,7 +92,7 @@ class OptunaSweeper(Sweeper):
         """The sweep, tracking, plain overrides and search space; one message if invalid."""
         assert self.config is not None
         if self.config.get("sweep") is None:
-            raise CompactHydraException("error: hydra/sweeper=ppo1_optuna needs sweep=NAME")
+            _config_error("hydra/sweeper=ppo1_optuna needs sweep=NAME")
         fixed, specs = self._split(arguments)
         try:
             sweep = OmegaConf.to_object(self.config.sweep)
@@ -96,42 +100,92 @@ class OptunaSweeper(Sweeper):
             assert isinstance(sweep, SweepConfig) and isinstance(tracking, TrackingConfig)
             return sweep, tracking, fixed, search_space({**sweep.params, **specs})
         except ConfigError as err:
-            raise CompactHydraException(f"error: invalid sweep: {err}") from err
+            _config_error(f"invalid sweep: {err}")
+
+    def _check_fixed(
+        self, sweep: SweepConfig, fixed: list[str], space: dict[str, BaseDistribution]
+    ) -> TrainConfig:
+        """A job's config at an end of the search space; exit before the first trial if no
+        trial could run: the fixed overrides give an invalid config at both ends of the space,
+        or the sampler or pruner cannot be built. Each trial would FAIL, and FAILs count toward
+        n_trials, so re-running the corrected command would find the study already full."""
+        errors = []
+        for point in end_points(space):
+            try:
+                job_cfg = to_train_config(self._job_config([*fixed, *overrides(point)]))
+                break
+            except ConfigError as err:
+                errors.append(err)
+        else:
+            _config_error(f"invalid config: {errors[0]}")
+        for key, build in (
+            ("sampler", lambda: instantiate(sweep.sampler)),
+            ("pruner", lambda: build_pruner(sweep)),
+        ):
+            try:
+                build()
+            except InstantiationException as err:
+                _config_error(f"invalid sweep.{key}: {' '.join(str(err).split())}")
+        return job_cfg
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         # Imported here: Hydra imports every plugin when any app starts, and these pull in
         # mlflow (~2 s), which a plain `python -m ppo1.train` without tracking never needs.
-        from mlflow.entities import RunStatus
-
         from ppo1.study_report import report_study
         from ppo1.study_run import open_study_run
 
         sweep, tracking, fixed, space = self._read(arguments)
+        job_cfg = self._check_fixed(sweep, fixed, space)
         spec = storage_spec(sweep)
         study = create_study(sweep, open_storage(spec))
         with study_lock(spec):
+            settings = value_settings(sweep, job_cfg.total_timesteps)
+            if mismatch := settings_mismatch(study, settings):
+                _config_error(mismatch)
             parent = open_study_run(tracking, sweep, spec)
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
         previous = signal.signal(signal.SIGTERM, _interrupt)
-        returns: list[JobReturn] = []
         try:
-            while trials := self._ask(study, sweep, space, spec, parent):
-                try:
-                    returns += self._run(study, trials, fixed, len(returns))
-                except BaseException:
-                    _give_back(study, trials)
-                    raise
+            returns = self._optimize(study, sweep, space, spec, fixed, parent)
+            report_study(study, list(space), self._job_config, fixed, parent)
+        except KeyboardInterrupt:
+            # The bookkeeping is done (trials given back, see _optimize): one line, as plain
+            # training prints, instead of a traceback.
+            _end_run(parent, "KILLED")
+            print(
+                "interrupted: the running trials are given back and the study's MLflow run is "
+                "marked KILLED; run the same command to resume",
+                file=sys.stderr,
+            )
+            sys.exit(130)
         except BaseException:
-            if parent is not None:
-                parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.KILLED))
+            # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
+            _end_run(parent, "FAILED")
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        report_study(study, list(space), self._job_config, fixed, parent)
         # The study run ends with the last sweep process working on it.
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if parent is not None and not running:
-            parent[0].set_terminated(parent[1], RunStatus.to_string(RunStatus.FINISHED))
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            _end_run(parent, "FINISHED")
+        return returns
+
+    def _optimize(
+        self,
+        study: optuna.Study,
+        sweep: SweepConfig,
+        space: dict[str, BaseDistribution],
+        spec: str,
+        fixed: list[str],
+        parent: "tuple[MlflowClient, str] | None",
+    ) -> list[JobReturn]:
+        """Ask, launch and tell batches until the study has n_trials."""
+        returns: list[JobReturn] = []
+        while trials := self._ask(study, sweep, space, spec, parent):
+            try:
+                returns += self._run(study, trials, fixed, len(returns))
+            except BaseException:
+                _give_back(study, trials)
+                raise
         return returns
 
     def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -187,6 +241,18 @@ class OptunaSweeper(Sweeper):
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
+
+
+def _config_error(message: str) -> NoReturn:
+    """Exit 2 with one line, as `python -m ppo1.train` does for an invalid config."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
+    """End the study's MLflow run, if tracking: FINISHED, FAILED or KILLED."""
+    if parent is not None:
+        parent[0].set_terminated(parent[1], status)
 
 
 def _give_back(study: optuna.Study, trials: list[optuna.Trial]) -> None:
