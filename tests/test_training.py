@@ -493,3 +493,30 @@ def test_divergence_message_mentions_no_run_when_untracked() -> None:
     assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged: non-finite")
     assert proc.stderr.strip().endswith("lower algo.lr or algo.clip")  # no run to name
     assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_refuses_what_it_cannot_evaluate_with_one_message(
+    compose_cfg: Compose, mlflow_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A tracked run without a checkpoint, as sweep trials and interrupted runs are.
+    no_model = train(compose_cfg([*TINY, f"tracking.uri={mlflow_uri}", "save_model=false"]))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    foreign = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    unknown = "0" * 32
+    cases = [
+        ([unknown], f"error: '{unknown}' is neither a file nor a run in {mlflow_uri}"),
+        (["missing/policy.pt"], "error: 'missing/policy.pt' is neither a file nor a run in"),
+        ([str(text)], f"error: {text} is not a ppo1 checkpoint (UnpicklingError"),
+        ([str(foreign)], f"error: {foreign} is not a ppo1 checkpoint (KeyError: 'state_dict')"),
+        ([str(no_model.run_id)], f"error: run {no_model.run_id} has no saved model"),
+        ([str(foreign), "--episodes", "0"], "argument --episodes: must be >= 1, got 0"),
+        ([str(foreign), "--num-envs", "0"], "argument --num-envs: must be >= 1, got 0"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            evaluate_cli([*args, "--tracking-uri", mlflow_uri])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err, (args, err)
+        assert "Traceback" not in err
