@@ -31,15 +31,22 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 
 from ppo1.baseline import sb3_available, sb3_kwargs
 from ppo1.checkpoint import build_agent
-from ppo1.config import TrackingConfig, TrainConfig, register_configs, to_train_config
+from ppo1.config import (
+    ConfigError,
+    TrackingConfig,
+    TrainConfig,
+    register_configs,
+    to_train_config,
+)
 from ppo1.envs import make_vector_env
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, ppo_update
 from ppo1.rollout import RolloutCollector
-from ppo1.tracking import Tracker, project_root
+from ppo1.tracking import Tracker, open_client, project_root, tracking_uri
 from ppo1.train import train
 
 # CartPole-v1 counts as solved at a 20-episode deterministic evaluation mean >= 475, twice in a
@@ -140,6 +147,35 @@ def compose_config(overrides: Sequence[str]) -> TrainConfig:
     register_configs()
     with initialize_config_dir(str(project_root() / "conf"), version_base="1.3"):
         return to_train_config(compose("train", overrides=list(overrides)))
+
+
+def checked_configs(
+    overrides: Sequence[str], tracking: TrackingConfig
+) -> tuple[TrainConfig, TrainConfig]:
+    """The benchmarked and the tuned config, their env and the tracking store, checked before
+    any measuring: one message for what `python -m ppo1.train` would refuse, not a traceback
+    (or, for the store, one after the whole benchmark)."""
+    try:
+        cfg = compose_config(overrides)
+        tuned = compose_config([*TUNED, *overrides])
+        make_vector_env(cfg.env, 1).close()
+        if tracking.enabled:
+            open_client(tracking_uri(tracking))
+    except ConfigError as err:
+        message = f"invalid config: {err}"
+    except HydraException as err:
+        # Hydra's message (with a group's options, without its search path), then the reason
+        # from its cause ("Key 'foo' not in 'AlgoConfig'"); its hint to append with + would
+        # only lead to the unknown-key error.
+        text = str(err).split("Config search path:")[0]
+        lines = [line for line in text.splitlines() if not line.startswith("To append")]
+        if err.__cause__ is not None:
+            lines.append(str(err.__cause__).splitlines()[0])
+        message = " ".join(" ".join(lines).split())
+    else:
+        return cfg, tuned
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def bench_config(cfg: TrainConfig, seed: int, timesteps: int, eval_every: int) -> TrainConfig:
@@ -320,7 +356,8 @@ def measure(
         "solve_steps": Row("solve_steps", "steps to solve", "env steps", False),
         "solve_tuned": Row(
             "solve_seconds_tuned",
-            f"time to solve, ppo1 {' '.join(TUNED)} vs the same SB3 runs",
+            f"time to solve, ppo1 {' '.join(TUNED)}"
+            + (" vs the same SB3 runs" if with_sb3 else ""),
             "s",
             False,
         ),
@@ -370,10 +407,9 @@ def measure(
             rows["solve_tuned"].samples["sb3"] = rows["solve_s"].samples["sb3"]
         for row in (rows["solve_s"], rows["solve_steps"], rows["solve_tuned"]):
             row.note = _unsolved_note(row, budget)
-    else:
-        del rows["solve_s"], rows["solve_steps"], rows["solve_tuned"]
     uri = f"sqlite:///{tmp / 'tracking-overhead.db'}"
-    tracking_overhead(cfg, 0, cfg.batch_size, 1, uri)  # creates the store: not timed
+    if budget.tracking_pairs or budget.main_job_pairs or budget.startup:
+        tracking_overhead(cfg, 0, cfg.batch_size, 1, uri)  # creates the store: not timed
     # Alternating which run of a pair goes first cancels drifts in the machine's load.
     for rep in range(budget.tracking_pairs):
         overhead = tracking_overhead(
@@ -388,9 +424,8 @@ def measure(
         for _ in range(budget.repeats):
             rows["startup"].add("ppo1", startup_seconds(cfg, None))
             rows["startup_tracked"].add("ppo1", startup_seconds(cfg, uri))
-    else:
-        del rows["startup"], rows["startup_tracked"]
-    return list(rows.values())
+    # Rows this env or budget skipped (time to solve off CartPole, 0 pairs, no start-up).
+    return [row for row in rows.values() if row.samples]
 
 
 def _unsolved_note(row: Row, budget: Budget) -> str:
@@ -553,22 +588,23 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "main_job_pairs": args.main_job_pairs,
     }
     budget = replace(budget, **{k: v for k, v in chosen.items() if v is not None})
-    cfg = compose_config(args.overrides)
+    tracking = TrackingConfig(uri=args.tracking_uri, experiment="ppo1-bench", run_name="bench")
+    cfg, tuned = checked_configs(args.overrides, tracking)
     torch.set_num_threads(cfg.torch_threads)
     with_sb3 = sb3_available() and not args.no_sb3
     if not with_sb3 and not args.no_sb3:
         print("stable-baselines3 is not installed (pip install -e '.[bench]'): ppo1 only")
     info = machine_info()
     with tempfile.TemporaryDirectory() as tmp:
-        tuned = compose_config([*TUNED, *args.overrides])
         rows = measure(cfg, tuned, budget, with_sb3, Path(tmp))
     info["load_avg_1m_end"] = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     notes = [f"SB3 differs: {d}" for d in sb3_kwargs(cfg)[1]] if with_sb3 else []
-    notes.append(
-        "time to solve: training seconds (evaluation excluded) until a 20-episode "
-        f"deterministic evaluation mean >= {SOLVE_RETURN:g} for {SOLVE_CONSECUTIVE} consecutive "
-        f"evaluations, every {budget.eval_every_updates * cfg.batch_size} steps"
-    )
+    if any(row.key == "solve_seconds" for row in rows):
+        notes.append(
+            "time to solve: training seconds (evaluation excluded) until a 20-episode "
+            f"deterministic evaluation mean >= {SOLVE_RETURN:g} for {SOLVE_CONSECUTIVE} "
+            f"consecutive evaluations, every {budget.eval_every_updates * cfg.batch_size} steps"
+        )
     table = markdown_table(rows, info, cfg, notes)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -580,7 +616,6 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     }
     (args.out / "bench.json").write_text(json.dumps(payload, indent=2))
     bar_chart(rows).write_html(args.out / "bench.html", include_plotlyjs=True)
-    tracking = TrackingConfig(uri=args.tracking_uri, experiment="ppo1-bench", run_name="bench")
     params = {"machine": info, "budget": payload["budget"], "overrides": " ".join(args.overrides)}
     run_id = log_to_mlflow(rows, params, table, args.out, tracking)
     print(f"saved {args.out / 'bench.md'}, bench.json, bench.html; MLflow run {run_id}")

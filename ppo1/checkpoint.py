@@ -27,14 +27,25 @@ def save_checkpoint(path: Path, agent: ActorCritic, cfg: TrainConfig) -> None:
     torch.save({"state_dict": agent.state_dict(), "config": to_plain_dict(cfg)}, path)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint `save_checkpoint` wrote."""
+
+
 def load_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig]:
     """The policy and the config it was trained with; the env is rebuilt to size the network."""
-    payload: dict[str, Any] = torch.load(path, weights_only=True)
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), payload["config"])
+    try:
+        payload: dict[str, Any] = torch.load(path, weights_only=True)
+        state_dict, config = payload["state_dict"], payload["config"]
+    except Exception as err:  # torch.load raises pickle, zip, EOF and runtime errors alike
+        cause = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"{path} is not a ppo1 checkpoint ({type(err).__name__}: {cause})"
+        ) from err
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), config)
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, TrainConfig)
     env = make_vector_env(cfg.env, 1)
     agent = build_agent(cfg, env)
     env.close()
-    agent.load_state_dict(payload["state_dict"])
+    agent.load_state_dict(state_dict)
     return agent, cfg

@@ -8,8 +8,10 @@ a minibatch larger than the batch) once `OmegaConf.to_object` builds the typed o
 from __future__ import annotations
 
 import difflib
+import math
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -227,7 +229,8 @@ class TrackingConfig:
                 (
                     self.figures_every < 0,
                     f"tracking.figures_every must be >= 0, got {self.figures_every}",
-                )
+                ),
+                (not self.experiment.strip(), "tracking.experiment must not be empty"),
             ]
         )
 
@@ -342,6 +345,8 @@ class TrainConfig:
                     f"total_timesteps must be >= 1, got {self.total_timesteps}",
                 ),
                 (self.torch_threads < 1, f"torch_threads must be >= 1, got {self.torch_threads}"),
+                # Gymnasium and NumPy seeding take only non-negative integers.
+                (self.seed < 0, f"seed must be >= 0, got {self.seed}"),
                 (
                     self.algo.minibatch_size > self.batch_size,
                     f"algo.minibatch_size={self.algo.minibatch_size} is larger than the batch "
@@ -357,8 +362,65 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
+@dataclass
+class _Leaf:
+    path: str  # the dotted key, as typed on the command line
+    value: Any
+    siblings: list[str]  # the schema's field names beside it
+    known: bool
+
+
+def _leaves(node: DictConfig, prefix: str = "") -> Iterator[_Leaf]:
+    """Every leaf under a node typed by a schema dataclass, nested dataclasses walked into;
+    free-form dict fields (sweep.params) count as leaves."""
+    schema = OmegaConf.get_type(node)
+    assert schema is not None and is_dataclass(schema)
+    names = [f.name for f in fields(schema)]
+    for key in map(str, node):
+        path = f"{prefix}{key}"
+        if key not in names:
+            yield _Leaf(path, None, names, known=False)
+        elif is_dataclass(OmegaConf.get_type(node, key)):
+            yield from _leaves(node[key], f"{path}.")
+        else:
+            yield _Leaf(path, node[key], names, known=True)
+
+
+def schema_problems(cfg: DictConfig) -> list[tuple[bool, str]]:
+    """Keys the schema lacks and non-finite floats, both of which `to_object` lets through.
+
+    Hydra refuses `algo.cilp=0.5` but appends `+algo.cilp=0.5` (as its own error suggests),
+    and `OmegaConf.to_object` sets such a key as a stray attribute that training never reads.
+    NaN passes the range checks in `__post_init__` (`nan < 0` is False), so every float field
+    is checked for finiteness here, before them.
+    """
+    leaves = list(_leaves(cfg))
+    unknown = []
+    for leaf in leaves:
+        if not leaf.known:
+            parent, dot, key = leaf.path.rpartition(".")
+            close = difflib.get_close_matches(key, leaf.siblings, n=1)
+            unknown.append(
+                f"{leaf.path} (did you mean {parent}{dot}{close[0]}?)" if close else leaf.path
+            )
+    non_finite = [
+        f"{leaf.path}={leaf.value}"
+        for leaf in leaves
+        if isinstance(leaf.value, float) and not math.isfinite(leaf.value)
+    ]
+    return [
+        (
+            bool(unknown),
+            f"unknown key(s), not in the schema (ppo1/config.py): {', '.join(unknown)}",
+        ),
+        (bool(non_finite), f"{', '.join(non_finite)}: settings must be finite numbers"),
+    ]
+
+
 def to_train_config(cfg: DictConfig) -> TrainConfig:
-    """Turn a composed DictConfig into the typed config, running every `__post_init__` check."""
+    """Turn a composed DictConfig into the typed config, refusing keys outside the schema and
+    non-finite numbers, then running every `__post_init__` check."""
+    _raise_if(schema_problems(cfg))
     train_cfg = OmegaConf.to_object(cfg)
     assert isinstance(train_cfg, TrainConfig)
     return train_cfg

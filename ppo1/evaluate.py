@@ -3,23 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from ppo1.checkpoint import load_checkpoint
-from ppo1.config import TrackingConfig
+from ppo1.checkpoint import CheckpointError, load_checkpoint
+from ppo1.config import ConfigError, TrackingConfig
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
-from ppo1.tracking import tracking_uri
+from ppo1.tracking import open_client, tracking_uri
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def checkpoint_path(target: str, uri: str | None, tmp: str) -> Path:
+    """`target` if it is a file, else the policy.pt of the MLflow run with that id."""
+    path = Path(target)
+    if path.is_file():
+        return path
+    client = open_client(tracking_uri(TrackingConfig(uri=uri)))
+    try:
+        client.get_run(target)
+    except MlflowException as err:
+        raise CheckpointError(
+            f"{target!r} is neither a file nor a run in {client.tracking_uri}"
+        ) from err
+    try:
+        return Path(client.download_artifacts(target, "model/policy.pt", tmp))
+    except (MlflowException, OSError) as err:
+        raise CheckpointError(
+            f"run {target} has no saved model (model/policy.pt); sweep trials, interrupted "
+            "runs and runs with save_model=false keep none"
+        ) from err
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ppo1.evaluate", description=__doc__)
     parser.add_argument("target", help="an MLflow run id, or the path of a policy.pt checkpoint")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--num-envs", type=int, default=4)
+    parser.add_argument("--episodes", type=positive_int, default=20)
+    parser.add_argument("--num-envs", type=positive_int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--tracking-uri",
@@ -27,13 +56,13 @@ def main(argv: list[str] | None = None) -> None:
         help="MLflow store holding the run (default: as ppo1.train uses)",
     )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.target)
-        if not path.is_file():
-            client = MlflowClient(tracking_uri(TrackingConfig(uri=args.tracking_uri)))
-            path = Path(client.download_artifacts(args.target, "model/policy.pt", tmp))
-        agent, cfg = load_checkpoint(path)
-    env = make_vector_env(cfg.env, args.num_envs)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            agent, cfg = load_checkpoint(checkpoint_path(args.target, args.tracking_uri, tmp))
+        env = make_vector_env(cfg.env, args.num_envs)
+    except (CheckpointError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     returns = evaluate(agent, env, args.episodes, args.seed)
     env.close()
     print(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ppo1.config import TrackingConfig
+from ppo1.config import ConfigError, TrackingConfig
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
@@ -22,6 +28,9 @@ _MAX_METRICS_PER_BATCH = 1000
 # A log_batch round trip costs ~20 ms on SQLite plus ~0.1 ms a metric, about a CartPole
 # update: writing at most this often keeps a tracked run within a few % of an untracked one.
 _FLUSH_EVERY_S = 5.0
+# The one request that tells a dead tracking server from a live one; MLflow's own client
+# retries a refused connection for ~4 minutes before it fails.
+_HEALTH_TIMEOUT_S = 5.0
 
 
 def project_root() -> Path:
@@ -29,10 +38,85 @@ def project_root() -> Path:
     return Path(os.environ.get("PPO1_HOME", Path(__file__).resolve().parents[1]))
 
 
+def default_tracking_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
     """cfg.uri, else $MLFLOW_TRACKING_URI, else SQLite under mlruns/."""
-    default = f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _server_problem(uri: str) -> str | None:
+    """Why nothing answers at an http(s) tracking URI, or None if something does."""
+    url = f"{uri.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=_HEALTH_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError:
+        return None  # a server answered (a proxy or a path prefix may not route /health)
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return f"no server answers at {url} ({reason})"
+
+
+def _sqlite_problem(uri: str) -> str | None:
+    """A SQLite store's directory must exist, except the default mlruns/, which is created.
+
+    MLflow creates any missing parents (`sqlite:////nonexistent/dir/x.db` made /nonexistent),
+    so a typo in the path, or three slashes meant as four, would grow a tree silently.
+    """
+    if not uri.startswith("sqlite:///") or uri == default_tracking_uri():
+        return None
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if path.name in ("", ":memory:") or path.parent.is_dir():
+        return None
+    slashes = (
+        ""
+        if path.is_absolute()
+        else " (sqlite:/// takes a relative path; sqlite://// an absolute one)"
+    )
+    return f"directory {path.parent} does not exist{slashes}; create it first"
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on a store that answers, or one ConfigError naming the URI and the cause.
+
+    MLflow otherwise fails deep in its stack (a filesystem path, an unknown scheme) or, for
+    a server that is down, only after minutes of retries; a live server keeps those retries.
+    """
+    from mlflow.tracking import MlflowClient
+
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    problem = _server_problem(uri) if scheme in ("http", "https") else _sqlite_problem(uri)
+    if problem is None:
+        try:
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
+            return client
+        except Exception as err:  # whatever the store's backend raises: report, not traceback
+            problem = " ".join(str(err).split()) or type(err).__name__
+    raise ConfigError(f"tracking.uri {uri!r}: {problem}")
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until it ends.
+
+    Used around `create_run`: interrupted after the store wrote the run but before it
+    returned, we would never learn the run's id to mark it KILLED.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def artifact_location(uri: str) -> str | None:
@@ -91,6 +175,13 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _failed_status(exc: BaseException) -> int:
+    """KILLED for Ctrl-C, FAILED for anything else that ends a run early."""
+    from mlflow.entities import RunStatus
+
+    return int(RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
+
+
 class Tracker:
     """A context manager around one MLflow run; a no-op when tracking is disabled.
 
@@ -115,18 +206,26 @@ class Tracker:
         if not self.cfg.enabled:
             return self
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri(self.cfg))
+        self.client = open_client(tracking_uri(self.cfg))
         self.experiment_id = get_or_create_experiment(self.client, self.cfg.experiment)
         commit = git_commit()
         if commit:
             self.tags["mlflow.source.git.commit"] = commit
-        run = self.client.create_run(self.experiment_id, run_name=self.cfg.run_name, tags=self.tags)
-        self.run_id = run.info.run_id
-        items = [Param(k, v) for k, v in self.params.items()]
-        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+        # From here a run exists: whatever stops the setup (Ctrl-C included) must end it, and
+        # `with` calls __exit__ only once __enter__ has returned.
+        try:
+            with _sigint_deferred():
+                run = self.client.create_run(
+                    self.experiment_id, run_name=self.cfg.run_name, tags=self.tags
+                )
+                self.run_id = run.info.run_id
+            items = [Param(k, v) for k, v in self.params.items()]
+            for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -178,14 +277,28 @@ class Tracker:
         from mlflow.entities import RunStatus
         from optuna import TrialPruned
 
-        self.flush(force=True)
-        if exc is None:
-            status = RunStatus.FINISHED
-        elif isinstance(exc, TrialPruned):
+        status = RunStatus.FINISHED
+        tags: dict[str, str] = {}
+        if isinstance(exc, TrialPruned):
             # A sweep stopped this run on purpose (KL divergence, poor returns): not a failure.
             status = RunStatus.KILLED
-            self.set_tags({"ppo1.pruned": str(exc)[:5000]})
-        else:
-            status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-            self.set_tags({"ppo1.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+            tags["ppo1.pruned"] = str(exc)[:5000]
+        elif exc is not None:
+            status = _failed_status(exc)
+            tags["ppo1.error"] = f"{type(exc).__name__}: {exc}"[:5000]
+        try:
+            self.flush(force=True)
+            if tags:
+                self.set_tags(tags)
+        except BaseException as err:
+            # The last writes failed, or a second Ctrl-C hit them: the run still gets an end.
+            if exc is None:
+                status = _failed_status(err)
+            raise
+        finally:
+            self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+            if exc is not None:
+                # For whoever reports the exception: only this object knows a run exists.
+                exc.add_note(
+                    f"the MLflow run {self.run_id} is marked {RunStatus.to_string(status)}"
+                )

@@ -17,7 +17,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ppo1.checkpoint import build_agent, save_checkpoint
-from ppo1.config import TrainConfig, register_configs, to_plain_dict, to_train_config_or_exit
+from ppo1.config import (
+    ConfigError,
+    TrainConfig,
+    register_configs,
+    to_plain_dict,
+    to_train_config_or_exit,
+)
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
 from ppo1.figure_logger import FigureLogger, figures_hint
@@ -168,6 +174,11 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
     return "\n".join(lines)
 
 
+def notes(err: BaseException) -> list[str]:
+    """What the exception picked up on its way out: the Tracker notes the run it ended."""
+    return list(getattr(err, "__notes__", []))
+
+
 register_configs()
 
 
@@ -187,11 +198,15 @@ def main(dict_cfg: DictConfig) -> float:
     command = shlex.join(["python", "-m", "ppo1.train", *sys.argv[1:]])
     try:
         result = train(cfg, tags={"ppo1.command": command, "mlflow.source.name": "ppo1.train"})
+    except ConfigError as err:
+        # What only building the envs or opening the tracking store can tell, before any run.
+        print(f"error: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
     except NonFiniteLossError as err:
-        print(f"error: training diverged: {err}; the MLflow run is marked FAILED", file=sys.stderr)
+        print("; ".join([f"error: training diverged: {err}", *notes(err)]), file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: the MLflow run is marked KILLED", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(": ".join(["interrupted", *notes(err)]), file=sys.stderr)
         sys.exit(130)
     if cfg.verbose:
         print(summary(cfg, result))

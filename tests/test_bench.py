@@ -106,3 +106,41 @@ def test_tuned_config_halves_the_epochs_at_twice_the_step_size() -> None:
     default, tuned = compose_config([]), compose_config(bench.TUNED)
     assert (tuned.algo.epochs, tuned.algo.lr) == (default.algo.epochs // 2, 2 * default.algo.lr)
     assert replace(tuned.algo, epochs=default.algo.epochs, lr=default.algo.lr) == default.algo
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.clip=0", "error: invalid config: algo.clip must be > 0, got 0.0"),
+        ("algo.foo=1", "error: Could not override 'algo.foo'. Key 'foo' not in 'AlgoConfig'"),
+        ("env=foo", "Could not find 'env/foo' Available options in 'env': acrobot cartpole"),
+        ("env.id=FrozenLake-v1", "error: invalid config: env.id 'FrozenLake-v1': observations"),
+    ],
+)
+def test_bad_overrides_stop_the_bench_with_one_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--quick", "--no-sb3", "--out", str(tmp_path), override])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert len(captured.err.splitlines()) == 1
+    assert captured.out == "" and not any(tmp_path.iterdir())  # nothing was measured
+
+
+@pytest.mark.parametrize("env", ["cartpole", "pendulum"])
+def test_table_without_sb3_shows_only_what_was_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], env: str
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--quick", "--no-sb3", "--tracking-pairs", "0", "--main-job-pairs", "0"]
+    bench.main([*args, "--out", str(tmp_path / "out"), "--tracking-uri", uri, f"env={env}"])
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "SB3" not in table and "n/a" not in table and "MLflow tracking on vs off" not in table
+    if env == "cartpole":
+        assert "| time to solve, ppo1 algo=ppo_fast | s |" in table
+        assert "evaluation mean >= 475" in table
+    else:
+        assert "time to solve" not in table and ">= 475" not in table
+    assert "| end-to-end | env-steps/s |" in table

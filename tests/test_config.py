@@ -92,12 +92,41 @@ def test_notebook_preset(compose_cfg: Compose) -> None:
         ("env.id=CartPol-v1", "did you mean one of ['CartPole-v1'"),
         ("algo.gamma=1.5", "algo.gamma must be in (0, 1]"),
         ("env.num_envs=0", "env.num_envs must be >= 1"),
+        ("seed=-1", "seed must be >= 0, got -1"),
+        ("tracking.experiment=", "tracking.experiment must not be empty"),
+        # Hydra appends keys given with + or ++ (it even suggests +algo.cilp for algo.cilp).
+        (
+            "+algo.cilp=0.5",
+            "not in the schema (ppo1/config.py): algo.cilp (did you mean algo.clip?)",
+        ),
+        ("++algo.cilp=0.5", "algo.cilp (did you mean algo.clip?)"),
+        ("+cilp=0.5", "not in the schema (ppo1/config.py): cilp"),
+        ("+algo.net.hiden=[8]", "algo.net.hiden (did you mean algo.net.hidden?)"),
+        ("algo.ent_coef=nan", "algo.ent_coef=nan: settings must be finite"),
+        ("algo.lr=inf", "algo.lr=inf: settings must be finite"),
+        ("env.clip_obs=nan", "env.clip_obs=nan: settings must be finite"),
+        ("algo.max_grad_norm=-inf", "algo.max_grad_norm=-inf: settings must be finite"),
     ],
 )
 def test_invalid_values_are_rejected(compose_cfg: Compose, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=None) as err:
         compose_cfg([override])
     assert message in str(err.value)
+
+
+def test_every_non_finite_setting_is_named_in_one_message(compose_cfg: Compose) -> None:
+    with pytest.raises(ConfigError) as err:
+        compose_cfg(["algo.vf_coef=nan", "algo.net.log_std_init=inf", "+algo.foo=1"])
+    assert str(err.value) == (
+        "unknown key(s), not in the schema (ppo1/config.py): algo.foo; "
+        "algo.vf_coef=nan, algo.net.log_std_init=inf: settings must be finite numbers"
+    )
+
+
+def test_sweep_and_free_form_dicts_are_in_the_schema(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["sweep=clip_epochs_lr", "sweep.trial=0", "+sweep.sampler.multivariate=true"])
+    assert cfg.sweep is not None and cfg.sweep.trial == 0
+    assert cfg.sweep.sampler["multivariate"] is True and "algo.clip" in cfg.sweep.params
 
 
 @pytest.mark.parametrize(
@@ -129,6 +158,8 @@ def test_unknown_group_option_lists_the_choices(compose_cfg: Compose) -> None:
         ("algo.clip=0", "error: invalid config: algo.clip must be > 0, got 0.0"),
         ("algo.clip=abc", "Value 'abc' of type 'str' could not be converted to Float"),
         ("env=foo", "Available options in 'env'"),
+        ("+algo.cilp=0.5", "error: invalid config: unknown key(s), not in the schema"),
+        ("algo.ent_coef=nan", "error: invalid config: algo.ent_coef=nan: settings must be finite"),
     ],
 )
 def test_cli_exits_nonzero_before_training(override: str, message: str) -> None:

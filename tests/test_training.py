@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
+import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +21,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ppo1.checkpoint import load_checkpoint
-from ppo1.config import AlgoConfig, TrainConfig
+from ppo1.config import AlgoConfig, TrackingConfig, TrainConfig
 from ppo1.envs import SameStepSyncEnv, make_vector_env
 from ppo1.evaluate import main as evaluate_cli
 from ppo1.evaluation import evaluate
@@ -22,6 +29,7 @@ from ppo1.networks import ActorCritic
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, ppo_update
 from ppo1.rollout import RolloutCollector
+from ppo1.tracking import _server_problem, open_client, tracking_uri
 from ppo1.train import train
 
 from .conftest import CONF_DIR as CONF
@@ -208,12 +216,14 @@ def test_nan_stops_training_and_marks_run_failed(compose_cfg: Compose, mlflow_ur
 
 def test_an_untracked_run_never_imports_mlflow() -> None:
     # `import mlflow` takes seconds; only tracked runs (and the MLflow tools) should pay it.
+    # run_module as __main__, like `python -m`: Hydra finds conf/ from the script's file (an
+    # imported `main` looks for a `conf` package, fails, and no training would run at all).
     script = (
-        "import sys\n"
-        "from ppo1.train import main\n"
-        f"sys.argv = ['ppo1.train', 'tracking.enabled=false', 'save_model=false', *{TINY!r}]\n"
+        "import runpy, sys\n"
+        "sys.argv = ['ppo1.train', 'tracking.enabled=false', 'save_model=false',\n"
+        f"            *{TINY!r}, 'verbose=true']\n"
         "try:\n"
-        "    main()\n"
+        "    runpy.run_module('ppo1.train', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
@@ -221,7 +231,7 @@ def test_an_untracked_run_never_imports_mlflow() -> None:
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
     )
-    assert "final evaluation" not in out.stdout  # verbose=false
+    assert "final evaluation" in out.stdout, out.stderr  # the run trained
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
@@ -316,3 +326,197 @@ def test_truncation_bootstraps_from_the_final_observation(compose_cfg: Compose) 
     sb = RolloutCollector(env, agent, n_steps=12, bootstrap_truncation=False, seed=0)
     sb.collect()
     assert (sb.buffer.terminated == sb.buffer.dones).all()
+
+
+def run_train(*overrides: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ppo1.train", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env_id", "message"),
+    [
+        ("FrozenLake-v1", "observations must be a flat Box, got Discrete(16)"),
+        ("Blackjack-v1", "observations must be a flat Box, got Tuple("),
+        ("CarRacing-v3", "observations must be a flat Box, got Box(0, 255, (96, 96, 3)"),
+    ],
+)
+def test_unsupported_env_spaces_fail_before_any_run(
+    tmp_path: Path, env_id: str, message: str
+) -> None:
+    db = tmp_path / "mlflow.db"
+    proc = run_train(f"env.id={env_id}", f"tracking.uri=sqlite:///{db}", *TINY)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: env.id {env_id!r}: ")
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not db.exists()  # the envs are checked before the tracking store is opened
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("uri", "cause"),
+    [
+        ("{tmp}/a-directory", "The filesystem tracking backend"),
+        ("bogus://foo", "unsupported URI 'bogus://foo'"),
+        ("http://127.0.0.1:{port}", "no server answers at http://127.0.0.1:{port}/health"),
+        ("sqlite:///{tmp}/missing/dir/mlflow.db", "directory {tmp}/missing/dir does not exist"),
+    ],
+)
+def test_bad_tracking_uri_fails_fast_with_one_message(tmp_path: Path, uri: str, cause: str) -> None:
+    port = closed_port()
+    uri, cause = (s.format(tmp=tmp_path, port=port) for s in (uri, cause))
+    start = time.monotonic()
+    # MLflow alone retried the dead server for ~250 s, then printed a ~90-line traceback.
+    proc = run_train(f"tracking.uri={uri}", *TINY, timeout=60)
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: tracking.uri {uri!r}: ")
+    assert cause in lines[0]
+    assert not (tmp_path / "missing").exists()  # MLflow would have created it
+
+
+def test_the_default_store_directory_is_still_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PPO1_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    open_client(tracking_uri(TrackingConfig()))
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+
+
+def test_a_server_that_answers_passes_the_health_check() -> None:
+    # Any HTTP answer (here a 404) means a live server: MLflow's own retries then apply.
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.handle_request)
+    thread.start()
+    try:
+        assert _server_problem(f"http://127.0.0.1:{server.server_port}") is None
+    finally:
+        thread.join(timeout=10)
+        server.server_close()
+    assert "Connection refused" in str(_server_problem(f"http://127.0.0.1:{closed_port()}"))
+
+
+def test_ctrl_c_while_the_run_is_set_up_marks_it_killed(
+    compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = compose_cfg([*TINY, f"tracking.uri={mlflow_uri}"])
+
+    log_batch = MlflowClient.log_batch
+    calls = []
+
+    def interrupted_once(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return log_batch(self, *args, **kwargs)
+
+    # Logging the params: the run exists but Tracker.__enter__ has not returned.
+    monkeypatch.setattr(MlflowClient, "log_batch", interrupted_once)
+    with pytest.raises(KeyboardInterrupt) as err:
+        train(cfg)
+    (run,) = MlflowClient(mlflow_uri).search_runs(["1"])
+    assert run.info.status == "KILLED"
+    assert err.value.__notes__ == [f"the MLflow run {run.info.run_id} is marked KILLED"]
+
+
+def test_ctrl_c_inside_create_run_still_marks_the_run_killed(
+    compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = compose_cfg([*TINY, f"tracking.uri={mlflow_uri}"])
+    create_run = MlflowClient.create_run
+
+    def signalled_before_returning(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        run = create_run(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the run is stored, its id not yet known
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", signalled_before_returning)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    (run,) = MlflowClient(mlflow_uri).search_runs(["1"])
+    assert run.info.status == "KILLED"
+
+
+def interrupt_after_first_update(*overrides: str) -> subprocess.CompletedProcess[str]:
+    """`python -m ppo1.train` sent a real SIGINT once its first progress line is out."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ppo1.train", "total_timesteps=1000000", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("update")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_ctrl_c_message_names_the_run_only_when_there_is_one(mlflow_uri: str) -> None:
+    untracked = interrupt_after_first_update("tracking.enabled=false")
+    assert untracked.returncode == 130 and untracked.stderr.strip() == "interrupted"
+    tracked = interrupt_after_first_update(f"tracking.uri={mlflow_uri}", "tracking.figures=none")
+    (run,) = MlflowClient(mlflow_uri).search_runs(["1"])
+    assert tracked.returncode == 130 and run.info.status == "KILLED"
+    # The last line: MLflow logs INFO lines of its own when it creates a store.
+    last = tracked.stderr.strip().splitlines()[-1]
+    assert last == f"interrupted: the MLflow run {run.info.run_id} is marked KILLED"
+
+
+def test_divergence_message_mentions_no_run_when_untracked() -> None:
+    script = (
+        "import runpy, sys, gymnasium as gym\n"
+        "from tests.test_training import NanRewardEnv\n"
+        "gym.register('tests/NanReward-v0', entry_point=NanRewardEnv, max_episode_steps=20)\n"
+        "sys.argv = ['ppo1.train', 'env.id=tests/NanReward-v0', 'env.num_envs=1',\n"
+        "            'algo.n_steps=256', 'total_timesteps=2048', 'tracking.enabled=false',\n"
+        f"            *{TINY[1:]!r}]\n"
+        "runpy.run_module('ppo1.train', run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    # (Before it, runpy warns that the test module imported ppo1.train.)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged: non-finite")
+    assert proc.stderr.strip().endswith("lower algo.lr or algo.clip")  # no run to name
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_refuses_what_it_cannot_evaluate_with_one_message(
+    compose_cfg: Compose, mlflow_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A tracked run without a checkpoint, as sweep trials and interrupted runs are.
+    no_model = train(compose_cfg([*TINY, f"tracking.uri={mlflow_uri}", "save_model=false"]))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    foreign = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    unknown = "0" * 32
+    cases = [
+        ([unknown], f"error: '{unknown}' is neither a file nor a run in {mlflow_uri}"),
+        (["missing/policy.pt"], "error: 'missing/policy.pt' is neither a file nor a run in"),
+        ([str(text)], f"error: {text} is not a ppo1 checkpoint (UnpicklingError"),
+        ([str(foreign)], f"error: {foreign} is not a ppo1 checkpoint (KeyError: 'state_dict')"),
+        ([str(no_model.run_id)], f"error: run {no_model.run_id} has no saved model"),
+        ([str(foreign), "--episodes", "0"], "argument --episodes: must be >= 1, got 0"),
+        ([str(foreign), "--num-envs", "0"], "argument --num-envs: must be >= 1, got 0"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            evaluate_cli([*args, "--tracking-uri", mlflow_uri])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err, (args, err)
+        assert "Traceback" not in err
