@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ppo1.config import TrackingConfig
+from ppo1.config import ConfigError, TrackingConfig
 from ppo1.plots import EPISODIC_RETURN, Curves, Series
 from ppo1.ratios import RatioSnapshot, from_json
 from ppo1.rollout import Episode
-from ppo1.tracking import tracking_uri
+from ppo1.tracking import open_client, tracking_uri
 
 if TYPE_CHECKING:
     # Imported where used instead: training imports this module, and `import mlflow` takes
@@ -65,11 +65,13 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
 def open_store(uri: str | None) -> MlflowClient:
     """A client on `uri` or the default store, for the command-line tools."""
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-    from mlflow.tracking import MlflowClient
 
     # The commands print one line of their own; MLflow's download progress bars are noise.
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # type: ignore[no-untyped-call]
-    return MlflowClient(uri or tracking_uri(TrackingConfig()))
+    try:
+        return open_client(uri or tracking_uri(TrackingConfig()))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def run_label(run: Run) -> str:

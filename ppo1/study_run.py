@@ -6,7 +6,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from ppo1.config import SweepConfig, TrackingConfig
-from ppo1.tracking import get_or_create_experiment, tracking_uri
+from ppo1.tracking import get_or_create_experiment, open_client, tracking_uri
 
 
 def _filter(tags: dict[str, str]) -> str:
@@ -25,7 +25,7 @@ def open_study_run(
     """
     if not tracking.enabled:
         return None
-    client = MlflowClient(tracking_uri(tracking))
+    client = open_client(tracking_uri(tracking))  # a bad store: one ConfigError
     experiment_id = get_or_create_experiment(client, tracking.experiment)
     tags = {"ppo1.role": "study", "optuna.study_name": sweep.study_name, "optuna.storage": storage}
     found = client.search_runs(

@@ -112,6 +112,8 @@ def test_export_command_redraws_the_logged_figures(
     with pytest.raises(SystemExit, match="no training curves"):
         dashboard.main([empty, "--out", str(tmp_path / "empty"), "--tracking-uri", mlflow_uri])
     assert not (tmp_path / "empty").exists()
+    with pytest.raises(SystemExit, match=re.escape("error: tracking.uri 'bogus://x'")):
+        dashboard.main([run_id, "--tracking-uri", "bogus://x"])
 
 
 @pytest.mark.parametrize(

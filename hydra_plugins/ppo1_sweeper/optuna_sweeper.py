@@ -44,6 +44,7 @@ from ppo1.study import (
     study_lock,
     value_settings,
 )
+from ppo1.tracking import open_client, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -136,6 +137,11 @@ class OptunaSweeper(Sweeper):
 
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
+        if tracking.enabled:
+            try:  # a store that cannot be opened stops the sweep before its study is created
+                open_client(tracking_uri(tracking))
+            except ConfigError as err:
+                _config_error(f"invalid config: {err}")
         spec = storage_spec(sweep)
         study = create_study(sweep, open_storage(spec))
         with study_lock(spec):
