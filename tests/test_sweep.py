@@ -156,8 +156,9 @@ def figure_ids(page: str) -> list[str]:
 
 
 def test_a_study_without_finished_trials_reports_what_it_can(tmp_path: Path) -> None:
-    # vf_coef=nan: every trial's loss is NaN on its first update, so it is pruned unevaluated.
-    diverging = sweep_command(tmp_path, "tiny", "sweep.study_name=nan", "algo.vf_coef=nan")
+    # A KL rule that fires on any KL prunes every trial after its first update, unevaluated.
+    always = "sweep.kl.threshold=1e-12"
+    diverging = sweep_command(tmp_path, "tiny", "sweep.study_name=nan", always)
     done = run([*diverging, "sweep.n_trials=2"], tmp_path)
     assert "Traceback" not in done.stderr
     assert "no completed trial yet" in done.stdout
@@ -170,7 +171,7 @@ def test_a_study_without_finished_trials_reports_what_it_can(tmp_path: Path) -> 
     run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
     run(
         [
-            *sweep_command(tmp_path, "tiny", "sweep.n_trials=2", "algo.vf_coef=nan"),
+            *sweep_command(tmp_path, "tiny", "sweep.n_trials=2", always),
             "algo.ent_coef=interval(0.0,0.01)",
         ],
         tmp_path,

@@ -44,7 +44,6 @@ from ppo1.study import (
     study_lock,
     value_settings,
 )
-from ppo1.tracking import open_client, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -137,18 +136,16 @@ class OptunaSweeper(Sweeper):
 
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
-        if tracking.enabled:
-            try:  # a store that cannot be opened stops the sweep before its study is created
-                open_client(tracking_uri(tracking))
-            except ConfigError as err:
-                _config_error(f"invalid config: {err}")
         spec = storage_spec(sweep)
         study = create_study(sweep, open_storage(spec))
         with study_lock(spec):
             settings = value_settings(sweep, job_cfg.total_timesteps)
             if mismatch := settings_mismatch(study, settings):
                 _config_error(mismatch)
-            parent = open_study_run(tracking, sweep, spec)
+            try:  # under the lock: sweep processes must not create a new store's tables at once
+                parent = open_study_run(tracking, sweep, spec)
+            except ConfigError as err:
+                _config_error(f"invalid config: {err}")
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
