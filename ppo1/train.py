@@ -72,11 +72,12 @@ def update_metrics(
 
 
 def progress_line(update: int, cfg: TrainConfig, step: int, m: dict[str, float]) -> str:
-    ret = m.get("rollout/ep_rew_mean", float("nan"))
+    # No episode has ended yet in the first updates of a long-episode env: a dash, not nan.
+    ret = f"{m['rollout/ep_rew_mean']:8.1f}" if "rollout/ep_rew_mean" in m else f"{'-':>8}"
     ev = m.get("eval/mean_return")
     eval_part = f" | eval {ev:8.1f}" if ev is not None else ""
     return (
-        f"update {update:>4}/{cfg.num_updates} | step {step:>8} | return {ret:8.1f}{eval_part}"
+        f"update {update:>4}/{cfg.num_updates} | step {step:>8} | return {ret}{eval_part}"
         f" | kl {m['losses/kl']:.4f} | clipfrac {m['losses/clipfrac']:.3f}"
         f" | SPS {m['charts/SPS']:6.0f}"
     )

@@ -30,7 +30,7 @@ from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, ppo_update
 from ppo1.rollout import RolloutCollector
 from ppo1.tracking import _server_problem, open_client, tracking_uri
-from ppo1.train import train
+from ppo1.train import progress_line, train
 
 from .conftest import CONF_DIR as CONF
 from .conftest import TINY
@@ -520,3 +520,13 @@ def test_evaluate_refuses_what_it_cannot_evaluate_with_one_message(
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err, (args, err)
         assert "Traceback" not in err
+
+
+def test_progress_line_shows_a_dash_until_an_episode_ends(compose_cfg: Compose) -> None:
+    cfg = compose_cfg([])
+    metrics = {"losses/kl": 0.01, "losses/clipfrac": 0.1, "charts/SPS": 5000.0}
+    line = progress_line(1, cfg, 256, metrics)
+    assert "| return        - |" in line and "nan" not in line
+    assert "| return    123.5 |" in progress_line(
+        1, cfg, 256, {**metrics, "rollout/ep_rew_mean": 123.5}
+    )
