@@ -98,6 +98,13 @@ def metrics(kl: float, eval_return: float | None = None) -> dict[str, float]:
     return m
 
 
+def journal_study(journal: Path, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """A maximising study "s" in a journal file, as a sweep creates it."""
+    return optuna.create_study(
+        storage=open_storage(str(journal)), study_name="s", direction="maximize", pruner=pruner
+    )
+
+
 def test_reporter_prunes_a_real_trial_through_journal_storage(tmp_path: Path) -> None:
     storage = open_storage(str(tmp_path / "study.journal"))
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
@@ -119,13 +126,7 @@ def test_reporter_prunes_a_real_trial_through_journal_storage(tmp_path: Path) ->
 
 
 def test_reporter_names_the_objective_pruner_and_offsets_seed_steps(tmp_path: Path) -> None:
-    storage = open_storage(str(tmp_path / "study.journal"))
-    study = optuna.create_study(
-        storage=storage,
-        study_name="s",
-        direction="maximize",
-        pruner=KLPruner(RULE, ThresholdPruner(lower=100.0)),
-    )
+    study = journal_study(tmp_path / "study.journal", KLPruner(RULE, ThresholdPruner(lower=100.0)))
     trial = study.ask()
     report = TrialReporter(trial, RULE, step_offset=1000)
     with pytest.raises(optuna.TrialPruned, match="ThresholdPruner at step 1256"):
@@ -134,12 +135,9 @@ def test_reporter_names_the_objective_pruner_and_offsets_seed_steps(tmp_path: Pa
 
 
 def test_only_the_kl_rule_may_stop_a_trial_at_its_last_report(tmp_path: Path) -> None:
-    storage = open_storage(str(tmp_path / "study.journal"))
-    study = optuna.create_study(
-        storage=storage,
-        study_name="s",
-        direction="maximize",
-        pruner=KLPruner(RULE, MedianPruner(n_startup_trials=1, n_warmup_steps=0)),
+    study = journal_study(
+        tmp_path / "study.journal",
+        KLPruner(RULE, MedianPruner(n_startup_trials=1, n_warmup_steps=0)),
     )
     first = study.ask()
     for step in (256, 512):
@@ -191,12 +189,7 @@ def test_a_trial_keeps_its_result_after_its_whole_budget(
         ]
     )
     assert cfg.sweep is not None
-    study = optuna.create_study(
-        storage=open_storage(cfg.sweep.storage or ""),
-        study_name="s",
-        direction="maximize",
-        pruner=build_pruner(cfg.sweep),
-    )
+    study = journal_study(tmp_path / "study.journal", build_pruner(cfg.sweep))
 
     def run(seeds: int, mean_return: float) -> float:
         sweep = dataclasses.replace(cfg.sweep, seeds=seeds)
