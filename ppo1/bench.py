@@ -39,6 +39,7 @@ from ppo1.config import (
     ConfigError,
     TrackingConfig,
     TrainConfig,
+    exit_with_error,
     register_configs,
     to_train_config,
 )
@@ -174,8 +175,7 @@ def checked_configs(
         message = " ".join(" ".join(lines).split())
     else:
         return cfg, tuned
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(message)
 
 
 def bench_config(cfg: TrainConfig, seed: int, timesteps: int, eval_every: int) -> TrainConfig:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NoReturn
 
 import gymnasium as gym
 from hydra.core.config_store import ConfigStore
@@ -426,13 +426,18 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     return train_cfg
 
 
+def exit_with_error(message: str) -> NoReturn:
+    """Exit 2 with one `error: ...` line on stderr: every entrypoint's answer to bad input."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def to_train_config_or_exit(cfg: DictConfig) -> TrainConfig:
     """`to_train_config` for command-line entrypoints: a ConfigError exits 2 with one message."""
     try:
         return to_train_config(cfg)
     except ConfigError as err:
-        print(f"error: invalid config: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(f"invalid config: {err}")
 
 
 def to_plain_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
 from ppo1.checkpoint import CheckpointError, load_checkpoint
-from ppo1.config import ConfigError, TrackingConfig
+from ppo1.config import ConfigError, TrackingConfig, exit_with_error
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
 from ppo1.tracking import open_client, tracking_uri
@@ -61,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             agent, cfg = load_checkpoint(checkpoint_path(args.target, args.tracking_uri, tmp))
         env = make_vector_env(cfg.env, args.num_envs)
     except (CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(str(err))
     returns = evaluate(agent, env, args.episodes, args.seed)
     env.close()
     print(

@@ -20,6 +20,7 @@ from ppo1.checkpoint import build_agent, save_checkpoint
 from ppo1.config import (
     ConfigError,
     TrainConfig,
+    exit_with_error,
     register_configs,
     to_plain_dict,
     to_train_config_or_exit,
@@ -189,11 +190,7 @@ def main(dict_cfg: DictConfig) -> float:
     cfg = to_train_config_or_exit(dict_cfg)
     if cfg.sweep is not None:
         if cfg.sweep.trial is None:
-            print(
-                "error: a sweep runs as a multirun: python -m ppo1.train -m sweep=NAME",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+            exit_with_error("a sweep runs as a multirun: python -m ppo1.train -m sweep=NAME")
         # A job of the sweep: pruned or failed trials go back to the sweeper as exceptions.
         return run_trial(cfg, train)
     command = shlex.join(["python", "-m", "ppo1.train", *sys.argv[1:]])
@@ -201,8 +198,7 @@ def main(dict_cfg: DictConfig) -> float:
         result = train(cfg, tags={"ppo1.command": command, "mlflow.source.name": "ppo1.train"})
     except ConfigError as err:
         # What only building the envs or opening the tracking store can tell, before any run.
-        print(f"error: invalid config: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(f"invalid config: {err}")
     except NonFiniteLossError as err:
         print("; ".join([f"error: training diverged: {err}", *notes(err)]), file=sys.stderr)
         sys.exit(1)

@@ -69,10 +69,11 @@ def run_trial(cfg: TrainConfig, train: TrainFn) -> float:
         study_name=sweep.study_name, storage=storage, pruner=build_pruner(sweep)
     )
     trial = find_trial(study, storage, sweep.trial)
-    trial.set_user_attr(CONFIG_ATTR, to_plain_dict(cfg))
+    plain = to_plain_dict(cfg)
+    trial.set_user_attr(CONFIG_ATTR, plain)
     parent_run_id = trial.user_attrs.get(PARENT_RUN_ATTR)
     tags = trial_tags(sweep, trial.number, parent_run_id)
-    with Tracker(cfg.tracking, to_plain_dict(cfg), tags) as trial_run:
+    with Tracker(cfg.tracking, plain, tags) as trial_run:
         try:
             value = train_seeds(train, cfg, sweep, trial, trial_run)
         except NonFiniteLossError as err:

@@ -13,7 +13,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import optuna
 from hydra.core.config_store import ConfigStore
@@ -29,7 +29,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
+from ppo1.config import (
+    ConfigError,
+    SweepConfig,
+    TrackingConfig,
+    TrainConfig,
+    exit_with_error,
+    to_train_config,
+)
 from ppo1.pruning import PRUNE_REASON_ATTR, build_pruner
 from ppo1.search_space import end_points, overrides, search_space
 from ppo1.study import (
@@ -92,7 +99,7 @@ class OptunaSweeper(Sweeper):
         """The sweep, tracking, plain overrides and search space; one message if invalid."""
         assert self.config is not None
         if self.config.get("sweep") is None:
-            _config_error("hydra/sweeper=ppo1_optuna needs sweep=NAME")
+            exit_with_error("hydra/sweeper=ppo1_optuna needs sweep=NAME")
         fixed, specs = self._split(arguments)
         try:
             sweep = OmegaConf.to_object(self.config.sweep)
@@ -100,7 +107,7 @@ class OptunaSweeper(Sweeper):
             assert isinstance(sweep, SweepConfig) and isinstance(tracking, TrackingConfig)
             return sweep, tracking, fixed, search_space({**sweep.params, **specs})
         except ConfigError as err:
-            _config_error(f"invalid sweep: {err}")
+            exit_with_error(f"invalid sweep: {err}")
 
     def _check_fixed(
         self, sweep: SweepConfig, fixed: list[str], space: dict[str, BaseDistribution]
@@ -117,7 +124,7 @@ class OptunaSweeper(Sweeper):
             except ConfigError as err:
                 errors.append(err)
         else:
-            _config_error(f"invalid config: {errors[0]}")
+            exit_with_error(f"invalid config: {errors[0]}")
         for key, build in (
             ("sampler", lambda: instantiate(sweep.sampler)),
             ("pruner", lambda: build_pruner(sweep)),
@@ -125,7 +132,7 @@ class OptunaSweeper(Sweeper):
             try:
                 build()
             except InstantiationException as err:
-                _config_error(f"invalid sweep.{key}: {' '.join(str(err).split())}")
+                exit_with_error(f"invalid sweep.{key}: {' '.join(str(err).split())}")
         return job_cfg
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
@@ -141,11 +148,11 @@ class OptunaSweeper(Sweeper):
         with study_lock(spec):
             settings = value_settings(sweep, job_cfg.total_timesteps)
             if mismatch := settings_mismatch(study, settings):
-                _config_error(mismatch)
+                exit_with_error(mismatch)
             try:  # under the lock: sweep processes must not create a new store's tables at once
                 parent = open_study_run(tracking, sweep, spec)
             except ConfigError as err:
-                _config_error(f"invalid config: {err}")
+                exit_with_error(f"invalid config: {err}")
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
@@ -244,12 +251,6 @@ class OptunaSweeper(Sweeper):
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
-
-
-def _config_error(message: str) -> NoReturn:
-    """Exit 2 with one line, as `python -m ppo1.train` does for an invalid config."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
