@@ -16,18 +16,21 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrackingConfig
+from ppo1.metric_writer import MetricWriter, Row, write_rows
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-# MLflow rejects larger batches (its documented log_batch limits).
+# MLflow rejects larger batches (its documented log_batch limit).
 _MAX_PARAMS_PER_BATCH = 100
-_MAX_METRICS_PER_BATCH = 1000
-# A log_batch round trip costs ~10 ms on SQLite plus ~0.17 ms a metric (MLflow's ORM): batching
-# at most this often leaves the per-row cost, ~6% of a tracked CartPole run (README "Speed").
-_FLUSH_EVERY_S = 5.0
+# A log_batch round trip costs ~10 ms on SQLite plus ~0.17 ms a metric (MLflow's ORM), ~5% of a
+# CartPole run: a run that lasts this long starts a `MetricWriter` process to pay it, and
+# shorter ones (sweep trials, tests) write their rows at the end.
+_WRITER_AFTER_S = 5.0
+# How often rows go to the writer: a pipe write, so often enough that the backlog the run's
+# end waits for stays small, and the MLflow UI follows the run closely.
+_FLUSH_EVERY_S = 1.0
 # The one request that tells a dead tracking server from a live one; MLflow's own client
 # retries a refused connection for ~4 minutes before it fails.
 _HEALTH_TIMEOUT_S = 5.0
@@ -185,9 +188,11 @@ def _failed_status(exc: BaseException) -> int:
 class Tracker:
     """A context manager around one MLflow run; a no-op when tracking is disabled.
 
-    Metrics are buffered and written with `log_batch` by `flush()`: one `log_metric` call costs
-    ~9 ms on SQLite, longer than a whole PPO update on CartPole. On exit the run is marked
-    FINISHED, KILLED (Ctrl-C) or FAILED (any exception), keeping everything logged so far.
+    Metrics are buffered and written in batches by `flush()`: one `log_metric` call costs ~9 ms
+    on SQLite, longer than a whole PPO update on CartPole. A run still going after
+    _WRITER_AFTER_S starts a `MetricWriter` process that writes them from then on; a shorter
+    one (sweep trials, tests) writes them itself at the end. On exit every row is written and
+    the run marked FINISHED, KILLED (Ctrl-C) or FAILED (any exception).
     """
 
     def __init__(
@@ -199,8 +204,9 @@ class Tracker:
         self.client: MlflowClient | None = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
-        self._metrics: list[Metric] = []
-        self._last_flush = time.monotonic()
+        self._metrics: list[Row] = []
+        self._started = self._last_flush = time.monotonic()
+        self._writer: MetricWriter | None = None
 
     def __enter__(self) -> Tracker:
         if not self.cfg.enabled:
@@ -231,23 +237,32 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.client is None:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self._metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._metrics += [(k, float(v), now, step) for k, v in metrics.items()]
 
-    def flush(self, force: bool = False) -> None:
-        """Write the buffered metrics if _FLUSH_EVERY_S has passed since the last write, or now."""
+    def flush(self) -> None:
+        """Hand the buffered metrics to the writer process, at most every _FLUSH_EVERY_S."""
         if self.client is None or self.run_id is None:
             return
-        if not force and time.monotonic() - self._last_flush < _FLUSH_EVERY_S:
+        now = time.monotonic()
+        if now - self._last_flush < _FLUSH_EVERY_S:
             return
-        self._last_flush = time.monotonic()
-        for i in range(0, len(self._metrics), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(
-                self.run_id, metrics=self._metrics[i : i + _MAX_METRICS_PER_BATCH]
-            )
-        self._metrics.clear()
+        self._last_flush = now
+        if os.name != "posix":
+            self._write_all()  # the writer polls a non-blocking pipe: POSIX only
+        elif self._writer is not None or now - self._started >= _WRITER_AFTER_S:
+            self._writer = self._writer or MetricWriter(self.client.tracking_uri, self.run_id)
+            self._writer.submit(self._metrics)
+            self._metrics = []
+
+    def _write_all(self) -> None:
+        """Every row not yet in the store, written: the writer's backlog, then the rest here."""
+        assert self.client is not None and self.run_id is not None
+        if self._writer is not None:
+            self._metrics = self._writer.close() + self._metrics
+            self._writer = None
+        write_rows(self.client, self.run_id, self._metrics)
+        self._metrics = []
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.client is None or self.run_id is None:
@@ -287,7 +302,7 @@ class Tracker:
             status = _failed_status(exc)
             tags["ppo1.error"] = f"{type(exc).__name__}: {exc}"[:5000]
         try:
-            self.flush(force=True)
+            self._write_all()
             if tags:
                 self.set_tags(tags)
         except BaseException as err:
