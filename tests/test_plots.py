@@ -147,6 +147,20 @@ def test_summarize_bins_quantiles_and_bounded_sample() -> None:
     assert from_json(to_json([s])) == [s]
 
 
+@pytest.mark.parametrize("size", [1, 2, 7, 256, 4096])
+def test_summary_statistics_equal_numpys(size: int) -> None:
+    rng = np.random.default_rng(size)
+    ratio = np.exp(rng.normal(0.0, 0.4, size)).astype(np.float32)
+    ratio[: size // 3] = rng.choice(HIST_EDGES, size // 3)  # on bin edges, 0 and 2 included
+    if size > 3:
+        ratio[:2] = [-0.5, 9.0]  # outside the binned range: counted in the end bins
+    s = summarize(1, 256, 0.2, ratio, ratio, 8, rng)
+    clamped = np.clip(ratio, HIST_EDGES[0], HIST_EDGES[-1])
+    assert s.hist == np.histogram(clamped, bins=HIST_EDGES)[0].tolist()
+    expected = np.quantile(ratio, (0.05, 0.25, 0.5, 0.75, 0.95)).astype(np.float32)
+    np.testing.assert_allclose(s.quantiles, expected, rtol=1e-6)
+
+
 def test_ratio_evolution_draws_bands_annealed_eps_and_heatmap() -> None:
     snaps = [snapshot(1, 0.2, [0.8, 1.0, 1.0, 1.2]), snapshot(2, 0.1, [1.0, 1.0, 1.9, 0.1])]
     fig = plots.ratio_evolution_figure(snaps)
