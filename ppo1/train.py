@@ -32,7 +32,7 @@ from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector
 from ppo1.schedules import multiplier, progress
-from ppo1.tracking import Tracker, tracking_uri
+from ppo1.tracking import Tracker, sigterm_as_interrupt, tracking_uri
 from ppo1.trial import run_trial
 
 # Called after every update with (env steps so far, that update's metrics); may raise to stop.
@@ -195,7 +195,9 @@ def main(dict_cfg: DictConfig) -> float:
         return run_trial(cfg, train)
     command = shlex.join(["python", "-m", "ppo1.train", *sys.argv[1:]])
     try:
-        result = train(cfg, tags={"ppo1.command": command, "mlflow.source.name": "ppo1.train"})
+        with sigterm_as_interrupt():  # a scheduler's stop ends the run KILLED, as Ctrl-C does
+            tags = {"ppo1.command": command, "mlflow.source.name": "ppo1.train"}
+            result = train(cfg, tags=tags)
     except ConfigError as err:
         # What only building the envs or opening the tracking store can tell, before any run.
         exit_with_error(f"invalid config: {err}")

@@ -449,8 +449,10 @@ def test_ctrl_c_inside_create_run_still_marks_the_run_killed(
     assert run.info.status == "KILLED"
 
 
-def interrupt_after_first_update(*overrides: str) -> subprocess.CompletedProcess[str]:
-    """`python -m ppo1.train` sent a real SIGINT once its first progress line is out."""
+def interrupt_after_first_update(
+    *overrides: str, signum: int = signal.SIGINT
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ppo1.train` sent SIGINT (or `signum`) once its first progress line is out."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ppo1.train", "total_timesteps=1000000", *overrides],
         stdout=subprocess.PIPE,
@@ -459,7 +461,7 @@ def interrupt_after_first_update(*overrides: str) -> subprocess.CompletedProcess
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("update")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -472,6 +474,16 @@ def test_ctrl_c_message_names_the_run_only_when_there_is_one(mlflow_uri: str) ->
     assert tracked.returncode == 130 and run.info.status == "KILLED"
     # The last line: MLflow logs INFO lines of its own when it creates a store.
     last = tracked.stderr.strip().splitlines()[-1]
+    assert last == f"interrupted: the MLflow run {run.info.run_id} is marked KILLED"
+
+
+def test_sigterm_ends_the_run_killed_like_ctrl_c(mlflow_uri: str) -> None:
+    # What a cluster scheduler sends at a time limit; by default it kills Python on the spot.
+    done = interrupt_after_first_update(f"tracking.uri={mlflow_uri}", signum=signal.SIGTERM)
+    (run,) = MlflowClient(mlflow_uri).search_runs(["1"])
+    assert done.returncode == 130 and run.info.status == "KILLED"
+    assert MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "losses/kl")
+    last = done.stderr.strip().splitlines()[-1]
     assert last == f"interrupted: the MLflow run {run.info.run_id} is marked KILLED"
 
 

@@ -9,10 +9,8 @@ works and several sweep processes can share one study. Hydra loads plugins only 
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
-import signal
 import sys
 from dataclasses import dataclass
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import optuna
@@ -51,6 +49,7 @@ from ppo1.study import (
     study_lock,
     value_settings,
 )
+from ppo1.tracking import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -64,10 +63,6 @@ class OptunaSweeperConf:
 ConfigStore.instance().store(
     group="hydra/sweeper", name="ppo1_optuna", node=OptunaSweeperConf, provider="ppo1"
 )
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class OptunaSweeper(Sweeper):
@@ -154,26 +149,24 @@ class OptunaSweeper(Sweeper):
             except ConfigError as err:
                 exit_with_error(f"invalid config: {err}")
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            returns = self._optimize(study, sweep, space, spec, fixed, parent)
-            report_study(study, list(space), self._job_config, fixed, parent)
-        except KeyboardInterrupt:
-            # The bookkeeping is done (trials given back, see _optimize): one line, as plain
-            # training prints, instead of a traceback.
-            _end_run(parent, "KILLED")
-            print(
-                "interrupted: the running trials are given back and the study's MLflow run is "
-                "marked KILLED; run the same command to resume",
-                file=sys.stderr,
-            )
-            sys.exit(130)
-        except BaseException:
-            # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
-            _end_run(parent, "FAILED")
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        with sigterm_as_interrupt():
+            try:
+                returns = self._optimize(study, sweep, space, spec, fixed, parent)
+                report_study(study, list(space), self._job_config, fixed, parent)
+            except KeyboardInterrupt:
+                # The bookkeeping is done (trials given back, see _optimize): one line, as
+                # plain training prints, instead of a traceback.
+                _end_run(parent, "KILLED")
+                print(
+                    "interrupted: the running trials are given back and the study's MLflow "
+                    "run is marked KILLED; run the same command to resume",
+                    file=sys.stderr,
+                )
+                sys.exit(130)
+            except BaseException:
+                # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
+                _end_run(parent, "FAILED")
+                raise
         # The study run ends with the last sweep process working on it.
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             _end_run(parent, "FINISHED")
