@@ -103,8 +103,8 @@ def open_client(uri: str) -> MlflowClient:
 
 
 @contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C that arrives inside the block until it ends.
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C or SIGTERM that arrives inside the block until it ends.
 
     Used around `create_run`: interrupted after the store wrote the run but before it
     returned, we would never learn the run's id to mark it KILLED.
@@ -113,11 +113,13 @@ def _sigint_deferred() -> Iterator[None]:
         yield  # only the main thread receives signals
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _: caught.append(signum))
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(n, lambda signum, _: caught.append(signum)) for n in signums]
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in zip(signums, previous, strict=True):
+            signal.signal(signum, handler)
     if caught:
         raise KeyboardInterrupt
 
@@ -242,7 +244,7 @@ class Tracker:
         # From here a run exists: whatever stops the setup (Ctrl-C included) must end it, and
         # `with` calls __exit__ only once __enter__ has returned.
         try:
-            with _sigint_deferred():
+            with _interrupts_deferred():
                 run = self.client.create_run(
                     self.experiment_id, run_name=self.cfg.run_name, tags=self.tags
                 )

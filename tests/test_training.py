@@ -29,7 +29,7 @@ from ppo1.networks import ActorCritic
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, ppo_update
 from ppo1.rollout import RolloutCollector
-from ppo1.tracking import _server_problem, open_client, tracking_uri
+from ppo1.tracking import _server_problem, open_client, sigterm_as_interrupt, tracking_uri
 from ppo1.train import progress_line, train
 
 from .conftest import CONF_DIR as CONF
@@ -431,19 +431,20 @@ def test_ctrl_c_while_the_run_is_set_up_marks_it_killed(
     assert err.value.__notes__ == [f"the MLflow run {run.info.run_id} is marked KILLED"]
 
 
-def test_ctrl_c_inside_create_run_still_marks_the_run_killed(
-    compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_inside_create_run_still_marks_the_run_killed(
+    compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, signum: int
 ) -> None:
     cfg = compose_cfg([*TINY, f"tracking.uri={mlflow_uri}"])
     create_run = MlflowClient.create_run
 
     def signalled_before_returning(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
         run = create_run(self, *args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # the run is stored, its id not yet known
+        os.kill(os.getpid(), signum)  # the run is stored, its id not yet known
         return run
 
     monkeypatch.setattr(MlflowClient, "create_run", signalled_before_returning)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
         train(cfg)
     (run,) = MlflowClient(mlflow_uri).search_runs(["1"])
     assert run.info.status == "KILLED"
