@@ -31,6 +31,17 @@ _WRITER_AFTER_S = 5.0
 # How often rows go to the writer: a pipe write, so often enough that the backlog the run's
 # end waits for stays small, and the MLflow UI follows the run closely.
 _FLUSH_EVERY_S = 1.0
+# Without a writer process, how often the training process writes them itself.
+_WRITE_EVERY_S = 5.0
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a scheduler's allocation, taskset), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 # The one request that tells a dead tracking server from a live one; MLflow's own client
 # retries a refused connection for ~4 minutes before it fails.
 _HEALTH_TIMEOUT_S = 5.0
@@ -214,8 +225,10 @@ class Tracker:
     Metrics are buffered and written in batches by `flush()`: one `log_metric` call costs ~9 ms
     on SQLite, longer than a whole PPO update on CartPole. A run still going after
     _WRITER_AFTER_S starts a `MetricWriter` process that writes them from then on; a shorter
-    one (sweep trials, tests) writes them itself at the end. On exit every row is written and
-    the run marked FINISHED, KILLED (Ctrl-C) or FAILED (any exception).
+    one (sweep trials, tests) writes them itself at the end. The writer would only compete
+    for the CPU a job is confined to, so with one usable CPU (or `tracking.writer_process=
+    false`, or off POSIX: it polls a non-blocking pipe) the training process writes them.
+    On exit every row is written and the run marked FINISHED, KILLED (Ctrl-C) or FAILED.
     """
 
     def __init__(
@@ -230,6 +243,7 @@ class Tracker:
         self._metrics: list[Row] = []
         self._started = self._last_flush = time.monotonic()
         self._writer: MetricWriter | None = None
+        self._writes_inline = not cfg.writer_process or os.name != "posix" or usable_cpus() < 2
 
     def __enter__(self) -> Tracker:
         if not self.cfg.enabled:
@@ -264,19 +278,22 @@ class Tracker:
         self._metrics += [(k, float(v), now, step) for k, v in metrics.items()]
 
     def flush(self) -> None:
-        """Hand the buffered metrics to the writer process, at most every _FLUSH_EVERY_S."""
+        """Hand the buffered metrics to the writer process (or write them) if it is time."""
         if self.client is None or self.run_id is None:
             return
         now = time.monotonic()
-        if now - self._last_flush < _FLUSH_EVERY_S:
+        if self._writes_inline:
+            if now - self._last_flush >= _WRITE_EVERY_S:
+                self._last_flush = now
+                self._write_all()
+            return
+        if now - self._started < _WRITER_AFTER_S or now - self._last_flush < _FLUSH_EVERY_S:
             return
         self._last_flush = now
-        if os.name != "posix":
-            self._write_all()  # the writer polls a non-blocking pipe: POSIX only
-        elif self._writer is not None or now - self._started >= _WRITER_AFTER_S:
-            self._writer = self._writer or MetricWriter(self.client.tracking_uri, self.run_id)
-            self._writer.submit(self._metrics)
-            self._metrics = []
+        if self._writer is None:
+            self._writer = MetricWriter(self.client.tracking_uri, self.run_id)
+        self._writer.submit(self._metrics)
+        self._metrics = []
 
     def _write_all(self) -> None:
         """Every row not yet in the store, written: the writer's backlog, then the rest here."""

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from ppo1.config import TrackingConfig, TrainConfig
 from ppo1.metric_writer import MetricWriter, Row, write_rows
-from ppo1.tracking import Tracker
+from ppo1.tracking import Tracker, usable_cpus
 from ppo1.train import train
 
 from .conftest import TINY
@@ -74,6 +74,8 @@ def rows(key: str, steps: range) -> list[Row]:
 
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the writer runs on POSIX only")
+# A tracked run starts a writer only where it may use a second CPU.
+two_cpus = pytest.mark.skipif(usable_cpus() < 2, reason="a one-CPU job writes its own rows")
 
 
 def test_the_writer_process_stores_what_it_acknowledges(mlflow_uri: str) -> None:
@@ -115,6 +117,7 @@ def test_a_writer_killed_mid_run_loses_and_doubles_nothing(mlflow_uri: str) -> N
     assert stored(mlflow_uri, run_id, "a") == [(s, s / 7) for s in range(300)]
 
 
+@two_cpus
 def test_a_tracked_run_hands_its_metrics_to_the_writer(
     compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,6 +135,7 @@ def test_a_tracked_run_hands_its_metrics_to_the_writer(
         if not seen_mid_run:
             (run,) = client.search_runs(["1"])
             if client.get_metric_history(run.info.run_id, "losses/kl"):
+                assert writer_pids(run.info.run_id)
                 seen_mid_run.append(step)
             else:
                 time.sleep(0.25)
@@ -148,6 +152,7 @@ def test_a_tracked_run_hands_its_metrics_to_the_writer(
     assert writer_pids(result.run_id) == []
 
 
+@two_cpus
 def test_ctrl_c_lets_the_writer_finish_and_marks_the_run_killed(mlflow_uri: str) -> None:
     """A real SIGINT to `python -m ppo1.train` while its writer process holds rows."""
     proc = subprocess.Popen(
@@ -182,3 +187,32 @@ def test_ctrl_c_lets_the_writer_finish_and_marks_the_run_killed(mlflow_uri: str)
     assert Counter(steps).most_common(1)[0][1] == 1
     assert sorted(steps)[:last_update] == [256 * u for u in range(1, last_update + 1)]
     assert writer_pids(run_id) == []
+
+
+@pytest.mark.parametrize("why", ["tracking.writer_process=false", "one usable CPU"])
+def test_without_a_writer_the_trainer_writes_every_row_itself(
+    compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    for timer in ("_WRITER_AFTER_S", "_FLUSH_EVERY_S", "_WRITE_EVERY_S"):
+        monkeypatch.setattr(f"ppo1.tracking.{timer}", 0.0)  # every update, whichever writes
+    overrides = ["total_timesteps=2560", *TINY[1:], f"tracking.uri={mlflow_uri}"]
+    cfg = compose_cfg([*overrides, why] if why.startswith("tracking.") else overrides)
+    client = MlflowClient(mlflow_uri)
+    checked: list[int] = []
+
+    def rows_stored_by_the_trainer(step: int, _: dict[str, float]) -> None:
+        (run,) = client.search_runs(["1"])
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "losses/kl")] == [
+            256 * u for u in range(1, step // 256 + 1)
+        ]
+        assert writer_pids(run.info.run_id) == []
+        checked.append(step)
+
+    cpus = os.sched_getaffinity(0)
+    if why == "one usable CPU":
+        os.sched_setaffinity(0, {min(cpus)})  # as a scheduler's one-CPU allocation would
+    try:
+        train(cfg, on_update=rows_stored_by_the_trainer)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert checked == [256 * u for u in range(1, 11)]
