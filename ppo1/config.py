@@ -338,7 +338,9 @@ class TrainConfig:
 
     @property
     def num_updates(self) -> int:
-        return max(1, self.total_timesteps // self.batch_size)
+        """Whole batches until at least total_timesteps steps, as SB PPO1 and SB3 train
+        (`while timesteps_so_far < total_timesteps`): 1000 steps of 256 make 4 updates."""
+        return -(-self.total_timesteps // self.batch_size)
 
     def __post_init__(self) -> None:
         _raise_if(

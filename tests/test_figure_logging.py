@@ -138,9 +138,9 @@ def test_lighter_modes_for_sweeps(
 
 
 def test_default_length_run_figures_stay_under_the_bound(tmp_path: Path) -> None:
-    """The default run (100k steps = 390 updates, ~2,000 CartPole episodes), synthesised."""
+    """The default run (100k steps = 391 updates, ~2,000 CartPole episodes), synthesised."""
     rng = np.random.default_rng(0)
-    updates = 390
+    updates = 391
     history = [
         {"step": 256.0 * u, "losses/kl": 0.01, "losses/clipfrac": 0.1, "eval/mean_return": 1.0}
         for u in range(1, updates + 1)
