@@ -32,8 +32,9 @@ MAX_METRICS_PER_BATCH = 1000
 # A backlog of a few batches drains in well under a second; past this the writer is stuck
 # (a locked store) and the trainer writes the rest itself.
 _CLOSE_TIMEOUT_S = 60.0
-# A 5-s batch of CartPole metrics is ~100 kB of JSON: a larger pipe keeps `send` from waiting
-# for the writer to read (Linux's default is 64 kB; elsewhere the default stays).
+# The rows held until the writer is ready (5 s and more of CartPole metrics) are ~100 kB of
+# JSON: a larger pipe keeps `submit` from waiting for the writer to read them (Linux's default
+# is 64 kB; elsewhere the default stays).
 _PIPE_BYTES = 1 << 20
 
 

@@ -33,6 +33,9 @@ _WRITER_AFTER_S = 5.0
 _FLUSH_EVERY_S = 1.0
 # Without a writer process, how often the training process writes them itself.
 _WRITE_EVERY_S = 5.0
+# The one request that tells a dead tracking server from a live one; MLflow's own client
+# retries a refused connection for ~4 minutes before it fails.
+_HEALTH_TIMEOUT_S = 5.0
 
 
 def usable_cpus() -> int:
@@ -40,11 +43,6 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-# The one request that tells a dead tracking server from a live one; MLflow's own client
-# retries a refused connection for ~4 minutes before it fails.
-_HEALTH_TIMEOUT_S = 5.0
 
 
 def project_root() -> Path:
