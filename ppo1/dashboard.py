@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from ppo1 import plots
+from ppo1.config import exit_with_error
 from ppo1.ratios import to_json
 from ppo1.runs import (
     SNAPSHOTS_FILE,
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     client = open_store(args.tracking_uri)
     run = load_run(client, get_run(client, args.run_id))
     if TRAINING_METRIC not in run.curves:
-        raise SystemExit(
-            f"error: run {args.run_id} has no training curves (a sweep's study or trial run, "
+        exit_with_error(
+            f"run {args.run_id} has no training curves (a sweep's study or trial run, "
             "or a run stopped before its first update): nothing to draw"
         )
     folder = args.out or Path(f"figures-{args.run_id[:8]}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ppo1.config import ConfigError, TrackingConfig
+from ppo1.config import ConfigError, TrackingConfig, exit_with_error
 from ppo1.plots import EPISODIC_RETURN, Curves, Series
 from ppo1.ratios import RatioSnapshot, from_json
 from ppo1.rollout import Episode
@@ -71,7 +71,7 @@ def open_store(uri: str | None) -> MlflowClient:
     try:
         return open_client(uri or tracking_uri(TrackingConfig()))
     except ConfigError as err:
-        raise SystemExit(f"error: {err}") from err
+        exit_with_error(str(err))
 
 
 def run_label(run: Run) -> str:
@@ -107,8 +107,8 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
 
     try:
         return client.get_run(run_id)
-    except MlflowException as err:
-        raise SystemExit(f"error: no run {run_id!r} in {client.tracking_uri}") from err
+    except MlflowException:
+        exit_with_error(f"no run {run_id!r} in {client.tracking_uri}")
 
 
 def resolve_runs(client: MlflowClient, targets: Sequence[str], filter_string: str) -> list[Run]:
@@ -130,16 +130,16 @@ def resolve_runs(client: MlflowClient, targets: Sequence[str], filter_string: st
                     [experiment.experiment_id], search, order_by=["attributes.start_time ASC"]
                 )
             except MlflowException as err:
-                raise SystemExit(f"error: --filter {filter_string!r}: {err.message}") from err
+                exit_with_error(f"--filter {filter_string!r}: {err.message}")
             found = [run for run in searched if TRAINING_METRIC in run.data.metrics]
             if not found:
-                raise SystemExit(
-                    f"error: no finished training runs in experiment {target!r}"
+                exit_with_error(
+                    f"no finished training runs in experiment {target!r}"
                     + (f" match {filter_string!r}" if filter_string.strip() else "")
                 )
             runs += found
         elif _RUN_ID.fullmatch(target):
             runs.append(get_run(client, target))
         else:
-            raise SystemExit(f"error: {target!r} is neither a run id nor an experiment name")
+            exit_with_error(f"{target!r} is neither a run id nor an experiment name")
     return runs

@@ -6,15 +6,13 @@ a sweep logs when it ends, on the same parent MLflow run. Takes the sweep's own 
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 import optuna
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ppo1.config import register_configs, to_train_config_or_exit
+from ppo1.config import exit_with_error, register_configs, to_train_config_or_exit
 from ppo1.search_space import search_space
 from ppo1.study import open_storage, storage_exists, storage_spec, study_lock
 from ppo1.study_report import report_study
@@ -27,15 +25,15 @@ register_configs()
 def main(dict_cfg: DictConfig) -> None:
     cfg = to_train_config_or_exit(dict_cfg)
     if cfg.sweep is None:
-        sys.exit("error: name the sweep: python -m ppo1.sweep_report sweep=NAME")
+        exit_with_error("name the sweep: python -m ppo1.sweep_report sweep=NAME")
     spec = storage_spec(cfg.sweep)
-    missing = f"error: no study '{cfg.sweep.study_name}' in {spec}"
+    missing = f"no study '{cfg.sweep.study_name}' in {spec}"
     if not storage_exists(spec):
-        sys.exit(missing)
+        exit_with_error(missing)
     try:
         study = optuna.load_study(study_name=cfg.sweep.study_name, storage=open_storage(spec))
     except KeyError:
-        sys.exit(missing)
+        exit_with_error(missing)
     with study_lock(spec):
         parent = open_study_run(cfg.tracking, cfg.sweep, spec, reopen=False)
     given = HydraConfig.get().overrides

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,14 @@ def compose_cfg() -> Callable[[list[str]], TrainConfig]:
 @pytest.fixture
 def mlflow_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@contextmanager
+def refused(capsys: pytest.CaptureFixture[str], message: str) -> Iterator[None]:
+    """The block exits 2 with one `error: ...` line containing `message` (exit_with_error)."""
+    with pytest.raises(SystemExit) as exited:
+        yield
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after any INFO lines MLflow logs opening a store
+    assert last.startswith("error: ") and message in last, err

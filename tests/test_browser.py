@@ -22,7 +22,7 @@ from ppo1.config import TrainConfig
 from ppo1.runs import get_run, load_run, resolve_runs
 from ppo1.train import train
 from tests.browser import offline_page
-from tests.conftest import TINY
+from tests.conftest import TINY, refused
 from tests.test_figure_logging import FIGURES
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,9 @@ def test_dashboard_renders_with_the_network_blocked(store: Store, tmp_path: Path
         assert offline.blocked == []  # it needed nothing from outside
 
 
-def test_compare_page_has_both_runs_curves(store: Store, tmp_path: Path) -> None:
+def test_compare_page_has_both_runs_curves(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "compare.html"
     compare.main([*store.run_ids, "--out", str(out), "--tracking-uri", store.uri])
     with offline_page() as offline:
@@ -102,7 +104,7 @@ def test_compare_page_has_both_runs_curves(store: Store, tmp_path: Path) -> None
     runs = resolve_runs(client, ["ppo1"], "params.`algo.clip` = '0.1'")
     assert [r.info.run_id for r in runs] == [store.run_ids[1]]
     assert set(compare.group_by_config([load_run(client, r) for r in runs])) == {"same config"}
-    with pytest.raises(SystemExit, match="neither a run id nor an experiment"):
+    with refused(capsys, "neither a run id nor an experiment"):
         resolve_runs(client, ["no-such-thing"], "")
 
 

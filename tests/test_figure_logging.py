@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from ppo1.ratios import summarize
 from ppo1.rollout import Episode
 from ppo1.runs import TRAINING_METRIC, RunData, curves_from_history, resolve_runs
 from ppo1.train import train
-from tests.conftest import TINY
+from tests.conftest import TINY, refused
 
 FIGURES = [
     "episode_return",
@@ -105,14 +104,14 @@ def test_export_command_redraws_the_logged_figures(
         for a, b in zip(exported.data, original.data, strict=True):
             np.testing.assert_allclose(values(a.y), values(b.y), err_msg=name)
 
-    with pytest.raises(SystemExit, match="no run"):
+    with refused(capsys, "no run"):
         dashboard.main(["0" * 32, "--tracking-uri", mlflow_uri])
     # A run without curves (a sweep's study run, say) is refused, not drawn as empty figures.
     empty = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
-    with pytest.raises(SystemExit, match="no training curves"):
+    with refused(capsys, "no training curves"):
         dashboard.main([empty, "--out", str(tmp_path / "empty"), "--tracking-uri", mlflow_uri])
     assert not (tmp_path / "empty").exists()
-    with pytest.raises(SystemExit, match=re.escape("error: tracking.uri 'bogus://x'")):
+    with refused(capsys, "error: tracking.uri 'bogus://x'"):
         dashboard.main([run_id, "--tracking-uri", "bogus://x"])
 
 
@@ -166,7 +165,9 @@ def test_default_length_run_figures_stay_under_the_bound(tmp_path: Path) -> None
 
 
 def test_an_experiment_compares_its_finished_training_runs_only(
-    compose_cfg: Callable[[list[str]], TrainConfig], mlflow_uri: str
+    compose_cfg: Callable[[list[str]], TrainConfig],
+    mlflow_uri: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     trained = [trained_run(compose_cfg, mlflow_uri, f"seed={seed}") for seed in (1, 2)]
     client = MlflowClient(mlflow_uri)
@@ -184,7 +185,7 @@ def test_an_experiment_compares_its_finished_training_runs_only(
     ]
     # Named by id, a run is taken whatever its status.
     assert [r.info.run_id for r in resolve_runs(client, [failed], "")] == [failed]
-    with pytest.raises(SystemExit, match=re.escape("--filter 'params.x='")):
+    with refused(capsys, "--filter 'params.x='"):
         resolve_runs(client, ["ppo1"], "params.x=")
-    with pytest.raises(SystemExit, match="no finished training runs in experiment 'ppo1' match"):
+    with refused(capsys, "no finished training runs in experiment 'ppo1' match"):
         resolve_runs(client, ["ppo1"], "params.seed = '7'")

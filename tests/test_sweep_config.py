@@ -183,6 +183,6 @@ def test_a_report_on_a_missing_study_creates_no_files(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip() == f"error: no study 'clip_epochs_lr' in {journal}"
     assert list(tmp_path.iterdir()) == []
