@@ -241,6 +241,7 @@ class Tracker:
         self._metrics: list[Row] = []
         self._started = self._last_flush = time.monotonic()
         self._writer: MetricWriter | None = None
+        self._last_ms = 0
         self._writes_inline = not cfg.writer_process or os.name != "posix" or usable_cpus() < 2
 
     def __enter__(self) -> Tracker:
@@ -272,8 +273,11 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.client is None:
             return
-        now = int(time.time() * 1000)
-        self._metrics += [(k, float(v), now, step) for k, v in metrics.items()]
+        # A millisecond of its own for every call: MLflow keeps one row per (key, timestamp,
+        # step, value), so equal episodes ending on one vector step (8 CartPole envs in
+        # lockstep at 500) would otherwise store as one. Calls are far fewer than 1 a ms.
+        self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
+        self._metrics += [(k, float(v), self._last_ms, step) for k, v in metrics.items()]
 
     def flush(self) -> None:
         """Hand the buffered metrics to the writer process (or write them) if it is time."""
