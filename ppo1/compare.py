@@ -12,17 +12,14 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from ppo1.config import NOT_LEARNING
 from ppo1.dashboard import html_page
 from ppo1.plots import Curves, compare_figure, params_table_figure
 from ppo1.runs import RunData, add_store_argument, load_run, open_store, resolve_runs
 
-# Params that do not change what a run learns, so runs differing only in them are seeds of
-# one configuration.
-_NOT_CONFIG = ("seed", "tracking.", "verbose", "save_model", "torch_threads")
-
 
 def config_of(params: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in params.items() if not k.startswith(_NOT_CONFIG)}
+    return {k: v for k, v in params.items() if not k.startswith(NOT_LEARNING)}
 
 
 def group_by_config(runs: Sequence[RunData]) -> dict[str, list[Curves]]:

@@ -445,6 +445,11 @@ def to_train_config_or_exit(cfg: DictConfig) -> TrainConfig:
         exit_with_error(f"invalid config: {err}")
 
 
+# Settings (dotted-key prefixes) that do not change what a run learns: runs differing only in
+# them are seeds of one configuration (compare), and a sweep may resume with other values.
+NOT_LEARNING = ("seed", "tracking.", "verbose", "save_model", "torch_threads")
+
+
 def to_plain_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The resolved config as plain Python containers (enums as strings), e.g. for checkpoints."""
     container = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)

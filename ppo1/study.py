@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import optuna
 from hydra.utils import instantiate
@@ -14,8 +13,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from ppo1.config import SweepConfig
-from ppo1.tracking import project_root
+from ppo1.config import NOT_LEARNING, SweepConfig, TrainConfig, to_plain_dict
+from ppo1.tracking import flatten, project_root
 
 # Trial user attrs the sweeper writes for its jobs and for resuming.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -25,6 +24,8 @@ FAIL_REASON_ATTR = "fail_reason"
 CONFIG_ATTR = "config"
 # Study user attr: the settings its trial values were measured under (see value_settings).
 SETTINGS_ATTR = "value_settings"
+# Of the sweep's own settings, those that change what a trial's value is.
+_VALUE_SWEEP_KEYS = ("sweep.objective", "sweep.seeds")
 
 
 def storage_spec(sweep: SweepConfig) -> str:
@@ -81,33 +82,37 @@ def create_study(sweep: SweepConfig, storage: BaseStorage) -> optuna.Study:
     )
 
 
-def value_settings(sweep: SweepConfig, total_timesteps: int) -> dict[str, Any]:
-    """What a trial's value means besides its params: trials under other settings don't compare."""
+def value_settings(job_cfg: TrainConfig, params: Iterable[str]) -> dict[str, str]:
+    """What a trial's value means besides its params: every setting that changes what the
+    trials learn (env, algorithm, budget, evaluation) and the objective; trials under other
+    settings don't compare. The sweep's own machinery (sampler, pruner, n_trials) may change."""
+    swept = set(params)
     return {
-        "sweep.objective": sweep.objective.value,
-        "sweep.seeds": sweep.seeds,
-        "total_timesteps": total_timesteps,
+        key: value
+        for key, value in flatten(to_plain_dict(job_cfg)).items()
+        if key in _VALUE_SWEEP_KEYS
+        or not (key in swept or key.startswith((*NOT_LEARNING, "sweep.")))
     }
 
 
-def settings_mismatch(study: optuna.Study, settings: dict[str, Any]) -> str | None:
-    """Record `settings` on a study that has none; if it has others, say which differ.
+def settings_mismatch(study: optuna.Study, settings: dict[str, str]) -> str | None:
+    """Record `settings` on the study; if it recorded other values before, say which differ.
 
-    Studies from before the record get this command's settings: nothing tells what theirs were.
+    Settings a study did not record (it predates them) take this command's values: nothing
+    tells what its trials had.
     """
-    recorded = study.user_attrs.get(SETTINGS_ATTR)
-    if recorded is None:
-        study.set_user_attr(SETTINGS_ATTR, settings)
-        return None
-    differing = [key for key in settings if recorded.get(key) != settings[key]]
-    if not differing:
-        return None
-    was = ", ".join(f"{key}={recorded.get(key)}" for key in differing)
-    now = ", ".join(f"{key}={settings[key]}" for key in differing)
-    return (
-        f"study '{study.study_name}' ran its trials with {was}; this command has {now}, so "
-        f"their values would not compare. Name a new study: sweep.study_name=..."
-    )
+    recorded = study.user_attrs.get(SETTINGS_ATTR) or {}
+    differing = [k for k in settings if k in recorded and str(recorded[k]) != settings[k]]
+    if differing:
+        was = ", ".join(f"{key}={recorded[key]}" for key in differing)
+        now = ", ".join(f"{key}={settings[key]}" for key in differing)
+        return (
+            f"study '{study.study_name}' ran its trials with {was}; this command has {now}, so "
+            f"their values would not compare. Name a new study: sweep.study_name=..."
+        )
+    if settings.keys() - recorded.keys():
+        study.set_user_attr(SETTINGS_ATTR, {**recorded, **settings})
+    return None
 
 
 def counted_trials(study: optuna.Study) -> int:

@@ -192,16 +192,25 @@ def test_a_study_without_finished_trials_reports_what_it_can(tmp_path: Path) -> 
 
 def test_resuming_with_settings_whose_values_do_not_compare_is_refused(tmp_path: Path) -> None:
     run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
-    recorded = {"sweep.objective": "final", "sweep.seeds": 1, "total_timesteps": 1024}
-    assert load_study(tmp_path, "tiny").user_attrs[SETTINGS_ATTR] == recorded
+    recorded = load_study(tmp_path, "tiny").user_attrs[SETTINGS_ATTR]
+    # What the trials learned under, the swept param and where they were logged aside.
+    assert {"sweep.objective": "final", "sweep.seeds": "1", "total_timesteps": "1024"}.items() <= (
+        recorded.items()
+    )
+    assert recorded["env.id"] == "CartPole-v1" and recorded["algo.gamma"] == "0.98"
+    assert recorded["eval.every"] == "2" and recorded["algo.epochs"] == "2"
+    assert not {"algo.clip", "seed", "tracking.figures", "sweep.n_trials"} & recorded.keys()
 
     for changed, message in [
         (
             ["sweep.objective=auc", "total_timesteps=2048"],
-            "ran its trials with sweep.objective=final, total_timesteps=1024; this command has "
-            "sweep.objective=auc, total_timesteps=2048",
+            "ran its trials with total_timesteps=1024, sweep.objective=final; this command has "
+            "total_timesteps=2048, sweep.objective=auc",
         ),
         (["sweep.seeds=2"], "ran its trials with sweep.seeds=1; this command has sweep.seeds=2"),
+        # A fixed override that changes what the trials learn: an env or algorithm setting.
+        (["algo.gamma=0.9"], "with algo.gamma=0.98; this command has algo.gamma=0.9"),
+        (["env=acrobot"], "ran its trials with env.id=CartPole-v1"),
     ]:
         command = sweep_command(tmp_path, "tiny", "sweep.n_trials=2", *changed)
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -209,8 +218,14 @@ def test_resuming_with_settings_whose_values_do_not_compare_is_refused(tmp_path:
         assert message in done.stderr and "Name a new study: sweep.study_name=" in done.stderr
         assert len(load_study(tmp_path, "tiny").trials) == 1
 
-    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=2"), tmp_path)  # the same settings resume
-    assert len(load_study(tmp_path, "tiny").trials) == 2
+    # A study from before the full record (three settings, seeds as a number) resumes, and
+    # the settings it lacked are recorded from this command.
+    old = {"sweep.objective": "final", "sweep.seeds": 1, "total_timesteps": 1024}
+    load_study(tmp_path, "tiny").set_user_attr(SETTINGS_ATTR, old)
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=2"), tmp_path)
+    study = load_study(tmp_path, "tiny")
+    assert len(study.trials) == 2
+    assert study.user_attrs[SETTINGS_ATTR] == recorded
 
 
 def test_the_rerun_command_is_what_the_best_trial_trained(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ class OptunaSweeper(Sweeper):
         spec = storage_spec(sweep)
         study = create_study(sweep, open_storage(spec))
         with study_lock(spec):
-            settings = value_settings(sweep, job_cfg.total_timesteps)
+            settings = value_settings(job_cfg, space)
             if mismatch := settings_mismatch(study, settings):
                 exit_with_error(mismatch)
             try:  # under the lock: sweep processes must not create a new store's tables at once
