@@ -6,9 +6,10 @@ against the training thread's many short torch calls) and a forked process costs
 copy-on-write faults; `python -m ppo1.metric_writer URI RUN_ID` shares no memory with it.
 
 Protocol: the trainer sends one JSON line a batch, `[number, [[key, value, timestamp, step],
-...]]`; the writer prints `ready` once it has the run, then each batch's number once the batch
-is in the store. What the writer has not acknowledged when the trainer closes it, the trainer
-writes itself (a SQL store drops rows it already holds), so no row depends on this process.
+...]]`, and an `end` line last; the writer prints `ready` once it has the run, then each
+batch's number once the batch is in the store. What the writer has not acknowledged when the
+trainer closes it, the trainer writes itself (a SQL store drops rows it already holds), so no
+row depends on this process.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _CLOSE_TIMEOUT_S = 60.0
 # JSON: a larger pipe keeps `submit` from waiting for the writer to read them (Linux's default
 # is 64 kB; elsewhere the default stays).
 _PIPE_BYTES = 1 << 20
+# The trainer's last line: everything was sent.
+_END = b"end\n"
 
 
 def write_rows(client: MlflowClient, run_id: str, rows: list[Row]) -> None:
@@ -94,7 +97,10 @@ class MetricWriter:
         self._read_replies()
         if self.ready and self._alive:
             self._send_waiting()
+            # Said, not only signalled by closing the pipe: a process forked from the trainer
+            # since (a user's multiprocessing) holds its write end and would keep it open.
             with contextlib.suppress(BrokenPipeError):
+                self._stdin.write(_END)
                 self._stdin.close()
             try:
                 self._proc.wait(_CLOSE_TIMEOUT_S)
@@ -156,7 +162,9 @@ def main(argv: list[str]) -> int:
         client = MlflowClient(uri)
         client.get_run(run_id)  # opens the store: "ready" means the next write is quick
         print("ready", file=replies, flush=True)
-        for line in sys.stdin:
+        for line in sys.stdin.buffer:
+            if line == _END:
+                break
             number, rows = json.loads(line)
             write_rows(client, run_id, [tuple(row) for row in rows])
             print(number, file=replies, flush=True)

@@ -102,6 +102,28 @@ def test_closed_before_it_is_ready_it_hands_every_row_back(mlflow_uri: str) -> N
     assert writer_pids(run_id) == []
 
 
+def test_close_does_not_wait_for_a_forked_process_to_release_the_pipe(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ppo1.metric_writer._CLOSE_TIMEOUT_S", 10.0)
+    run_id = new_run(mlflow_uri)
+    writer = MetricWriter(mlflow_uri, run_id)
+    wait_ready(writer)
+    holder = os.fork()  # as a user's multiprocessing would: it inherits the pipe's write end
+    if holder == 0:
+        time.sleep(60)
+        os._exit(0)
+    try:
+        writer.submit(rows("a", range(10)))
+        assert writer.close() == []
+        # It stopped at the end line, not killed at the timeout waiting for end of input.
+        assert writer._proc.returncode == 0
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+    assert stored(mlflow_uri, run_id, "a") == [(s, s / 7) for s in range(10)]
+
+
 def test_a_writer_killed_mid_run_loses_and_doubles_nothing(mlflow_uri: str) -> None:
     run_id = new_run(mlflow_uri)
     writer = MetricWriter(mlflow_uri, run_id)
