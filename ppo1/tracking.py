@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -112,23 +112,34 @@ def open_client(uri: str) -> MlflowClient:
 
 
 @contextmanager
+def _signal_handlers(
+    signums: tuple[int, ...], handler: Callable[[int, FrameType | None], object]
+) -> Iterator[None]:
+    """`handler` for `signums` inside the block, the previous handlers restored after it.
+
+    Only the main thread receives signals (and may set handlers): elsewhere, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = [signal.signal(signum, handler) for signum in signums]
+    try:
+        yield
+    finally:
+        for signum, restored in zip(signums, previous, strict=True):
+            signal.signal(signum, restored)
+
+
+@contextmanager
 def _interrupts_deferred() -> Iterator[None]:
     """Hold a Ctrl-C or SIGTERM that arrives inside the block until it ends.
 
     Used around `create_run`: interrupted after the store wrote the run but before it
     returned, we would never learn the run's id to mark it KILLED.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals
-        return
     caught: list[int] = []
-    signums = (signal.SIGINT, signal.SIGTERM)
-    previous = [signal.signal(n, lambda signum, _: caught.append(signum)) for n in signums]
-    try:
+    with _signal_handlers((signal.SIGINT, signal.SIGTERM), lambda signum, _: caught.append(signum)):
         yield
-    finally:
-        for signum, handler in zip(signums, previous, strict=True):
-            signal.signal(signum, handler)
     if caught:
         raise KeyboardInterrupt
 
@@ -140,18 +151,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
     A cluster scheduler or `kill` stops a job with SIGTERM, whose default action ends the
     process on the spot: its run would stay RUNNING, its buffered metrics unwritten.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals
-        return
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
+    with _signal_handlers((signal.SIGTERM,), interrupt):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def artifact_location(uri: str) -> str | None:
