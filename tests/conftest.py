@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -43,3 +46,19 @@ def refused(capsys: pytest.CaptureFixture[str], message: str) -> Iterator[None]:
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # after any INFO lines MLflow logs opening a store
     assert last.startswith("error: ") and message in last, err
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    process: subprocess.Popen[Any] | None = None,
+) -> None:
+    """Poll `condition` until it holds; fail after `timeout` s, or as soon as `process` (what
+    should make it hold) has exited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process exited ({process.returncode}) before the condition")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s")
+        time.sleep(0.2)

@@ -20,7 +20,7 @@ from ppo1.metric_writer import MetricWriter, Row, write_rows
 from ppo1.tracking import Tracker, usable_cpus
 from ppo1.train import train
 
-from .conftest import TINY
+from .conftest import TINY, wait_until
 
 Compose = Callable[[list[str]], TrainConfig]
 
@@ -49,19 +49,12 @@ def writer_pids(run_id: str) -> list[int]:
     return pids
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def wait_ready(writer: MetricWriter) -> None:
     def ready() -> bool:
         writer.submit([])  # reads the writer's replies
         return writer.ready
 
-    wait_until(ready)
+    wait_until(ready, READY_TIMEOUT_S)
 
 
 def stored(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -85,7 +78,7 @@ def test_the_writer_process_stores_what_it_acknowledges(mlflow_uri: str) -> None
     wait_ready(writer)
     writer.submit(rows("a", range(1500, 2500)))
     # What the process acknowledged is in the store before the trainer writes anything.
-    wait_until(lambda: len(stored(mlflow_uri, run_id, "a")) == 2500)
+    wait_until(lambda: len(stored(mlflow_uri, run_id, "a")) == 2500, READY_TIMEOUT_S)
     assert writer.close() == []
     assert stored(mlflow_uri, run_id, "a") == [(s, s / 7) for s in range(2500)]
     assert math.isnan(MlflowClient(mlflow_uri).get_metric_history(run_id, "nan")[0].value)
@@ -129,7 +122,7 @@ def test_a_writer_killed_mid_run_loses_and_doubles_nothing(mlflow_uri: str) -> N
     writer = MetricWriter(mlflow_uri, run_id)
     wait_ready(writer)
     writer.submit(rows("a", range(0, 100)))
-    wait_until(lambda: len(stored(mlflow_uri, run_id, "a")) == 100)
+    wait_until(lambda: len(stored(mlflow_uri, run_id, "a")) == 100, READY_TIMEOUT_S)
     (pid,) = writer_pids(run_id)
     os.kill(pid, signal.SIGKILL)
     writer.submit(rows("a", range(100, 300)))  # into a pipe nobody reads, or a broken one
@@ -192,15 +185,22 @@ def test_ctrl_c_lets_the_writer_finish_and_marks_the_run_killed(mlflow_uri: str)
         text=True,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("update")
     client = MlflowClient(mlflow_uri)
-    (run,) = client.search_runs(["1"])
-    run_id = run.info.run_id
-    # Rows reach the store mid-run only through the writer process (started 5 s into the run).
-    wait_until(lambda: bool(client.get_metric_history(run_id, "losses/kl")))
-    assert writer_pids(run_id)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
+    try:
+        assert proc.stdout.readline().startswith("update")
+        (run,) = client.search_runs(["1"])
+        run_id = run.info.run_id
+
+        def has_rows() -> bool:
+            # Mid-run, rows reach the store only through the writer process (started 5 s in).
+            return bool(client.get_metric_history(run_id, "losses/kl"))
+
+        wait_until(has_rows, READY_TIMEOUT_S, process=proc)
+        assert writer_pids(run_id)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # a failed assertion would leave a 10M-step run training
     assert proc.returncode == 130
     assert client.get_run(run_id).info.status == "KILLED"
     last_update = int(stdout.strip().splitlines()[-1].split()[1].split("/")[0])

@@ -11,7 +11,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -30,6 +29,7 @@ from ppo1.study import (
     open_storage,
 )
 from tests.browser import offline_page
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -242,17 +242,6 @@ def test_the_rerun_command_is_what_the_best_trial_trained(tmp_path: Path) -> Non
     assert yaml.safe_load((best / "config.yaml").read_text())["total_timesteps"] == 2048
 
 
-def wait_for(condition: object, timeout: float, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"the sweep exited ({process.returncode}) before the condition")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s")
-
-
 # Trials long enough (32 updates, a few seconds) that a poll sees one training and that both
 # sweep processes are up before either could finish the study alone.
 SLOW_TRIALS = "total_timesteps=8192"
@@ -271,7 +260,7 @@ def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
         )
 
     try:
-        wait_for(training_second_trial, timeout=180, process=sweep)
+        wait_until(training_second_trial, timeout=180, process=sweep)
         sweep.send_signal(signal.SIGINT)
         _, stderr = sweep.communicate(timeout=60)
     finally:
