@@ -222,7 +222,7 @@ class TrackingConfig:
     figures: FiguresMode = FiguresMode.full
     # Also log the figures every this many updates (0: only at the end of the run).
     figures_every: int = 0
-    # Metric rows written by a second process (ppo1.metric_writer) when the job may use 2+ CPUs;
+    # MLflow writes made by a second process (ppo1.run_writer) when the job may use 2+ CPUs;
     # false: by the training process itself, e.g. where every core already runs a job.
     writer_process: bool = True
 

@@ -12,7 +12,7 @@ from ppo1.config import AdvNorm, FiguresMode, TrainConfig
 from ppo1.dashboard import write_figures
 from ppo1.ppo import UpdateStats, normalize_advantages
 from ppo1.ratios import RatioSnapshot, summarize
-from ppo1.runs import FIGURES_DIR, RunData, curves_from_history, run_label
+from ppo1.runs import FIGURES_DIR, RunData, curves_from_history, label
 from ppo1.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ class FigureLogger:
 
     def __init__(self, cfg: TrainConfig, tracker: Tracker) -> None:
         self.cfg, self.tracker = cfg, tracker
-        self.enabled = tracker.client is not None and cfg.tracking.figures is not FiguresMode.none
+        self.enabled = tracker.active and cfg.tracking.figures is not FiguresMode.none
         self.snapshots: list[RatioSnapshot] = []
         self.rng = np.random.default_rng(cfg.seed)
 
@@ -55,15 +55,16 @@ class FigureLogger:
             self.log(result)
 
     def log(self, result: TrainResult) -> None:
-        assert self.tracker.client is not None and self.tracker.run_id is not None
-        run = RunData(
-            run_label(self.tracker.client.get_run(self.tracker.run_id)),
+        run = self.tracker.wait_for_run()
+        assert run is not None
+        data = RunData(
+            label(*run),
             curves_from_history(result.history, result.episodes),
             snapshots=self.snapshots,
         )
         with tempfile.TemporaryDirectory() as tmp:
             page = self.cfg.tracking.figures is FiguresMode.full
-            for path in write_figures(Path(tmp), run, page=page):
+            for path in write_figures(Path(tmp), data, page=page):
                 folder = PurePosixPath(FIGURES_DIR, *path.parent.relative_to(tmp).parts)
                 self.tracker.log_artifact(path, str(folder))
 

@@ -74,8 +74,9 @@ def open_store(uri: str | None) -> MlflowClient:
         exit_with_error(str(err))
 
 
-def run_label(run: Run) -> str:
-    return f"{run.info.run_name} ({run.info.run_id[:8]})"
+def label(run_id: str, run_name: str) -> str:
+    """A run as figures' legends name it: its name, and its id's first characters."""
+    return f"{run_name} ({run_id[:8]})"
 
 
 def load_run(client: MlflowClient, run: Run) -> RunData:
@@ -98,7 +99,7 @@ def load_run(client: MlflowClient, run: Run) -> RunData:
             snapshots = from_json(json.loads(Path(path).read_text()))
         except (MlflowException, OSError):
             pass  # logged with tracking.figures=none, or before the run's first snapshot
-    return RunData(run_label(run), curves, dict(run.data.params), snapshots)
+    return RunData(label(run_id, run.info.run_name), curves, dict(run.data.params), snapshots)
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:

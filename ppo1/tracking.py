@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -16,17 +19,15 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.metric_writer import MetricWriter, Row, write_rows
+from ppo1.run_writer import Op, Row, RunWriter, apply, create_run
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
     from mlflow.tracking import MlflowClient
 
-# MLflow rejects larger batches (its documented log_batch limit).
-_MAX_PARAMS_PER_BATCH = 100
 # A log_batch round trip costs ~10 ms on SQLite plus ~0.17 ms a metric (MLflow's ORM), ~5% of a
-# CartPole run: a run that lasts this long starts a `MetricWriter` process to pay it, and
-# shorter ones (sweep trials, tests) write their rows at the end.
+# CartPole run: a process that has its own client (a sweep's) starts a `RunWriter` for a run
+# that lasts this long, and shorter ones (sweep trials, tests) write their rows at the end.
 _WRITER_AFTER_S = 5.0
 # How often rows go to the writer: a pipe write, so often enough that the backlog the run's
 # end waits for stays small, and the MLflow UI follows the run closely.
@@ -91,6 +92,12 @@ def _sqlite_problem(uri: str) -> str | None:
     return f"directory {path.parent} does not exist{slashes}; create it first"
 
 
+def store_problem(uri: str) -> str | None:
+    """What is wrong with a tracking URI that can be told without MLflow, or None."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    return _server_problem(uri) if scheme in ("http", "https") else _sqlite_problem(uri)
+
+
 def open_client(uri: str) -> MlflowClient:
     """A client on a store that answers, or one ConfigError naming the URI and the cause.
 
@@ -99,8 +106,7 @@ def open_client(uri: str) -> MlflowClient:
     """
     from mlflow.tracking import MlflowClient
 
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    problem = _server_problem(uri) if scheme in ("http", "https") else _sqlite_problem(uri)
+    problem = store_problem(uri)
     if problem is None:
         try:
             client = MlflowClient(uri)
@@ -159,35 +165,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
 
 
-def artifact_location(uri: str) -> str | None:
-    """Artifacts beside a SQLite store; MLflow would otherwise root them in the current cwd."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-
-
-def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    try:
-        return str(
-            client.create_experiment(
-                name,
-                artifact_location=artifact_location(client.tracking_uri),
-                # Without this tag the MLflow 3 UI opens the experiment in its GenAI view.
-                tags={"mlflow.experimentKind": "custom_model_development"},
-            )
-        )
-    except MlflowException:
-        # Another process created it between our lookup and create.
-        experiment = client.get_experiment_by_name(name)
-        assert experiment is not None
-        return str(experiment.experiment_id)
-
-
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{'algo': {'clip': 0.2}} -> {'algo.clip': '0.2'}, the keys users type on the command line."""
     flat: dict[str, str] = {}
@@ -215,118 +192,191 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _failed_status(exc: BaseException) -> int:
+def _failed_status(exc: BaseException) -> str:
     """KILLED for Ctrl-C, FAILED for anything else that ends a run early."""
-    from mlflow.entities import RunStatus
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
 
-    return int(RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
+
+def _ending(exc: BaseException | None) -> tuple[str, dict[str, str]]:
+    """The status a run ends with, and the tags that say why it ended early."""
+    from optuna import TrialPruned
+
+    if exc is None:
+        return "FINISHED", {}
+    if isinstance(exc, TrialPruned):
+        # A sweep stopped this run on purpose (KL divergence, poor returns): not a failure.
+        return "KILLED", {"ppo1.pruned": str(exc)[:5000]}
+    return _failed_status(exc), {"ppo1.error": f"{type(exc).__name__}: {exc}"[:5000]}
 
 
 class Tracker:
     """A context manager around one MLflow run; a no-op when tracking is disabled.
 
-    Metrics are buffered and written in batches by `flush()`: one `log_metric` call costs ~9 ms
-    on SQLite, longer than a whole PPO update on CartPole. A run still going after
-    _WRITER_AFTER_S starts a `MetricWriter` process that writes them from then on; a shorter
-    one (sweep trials, tests) writes them itself at the end. The writer would only compete
-    for the CPU a job is confined to, so with one usable CPU (or `tracking.writer_process=
-    false`, or off POSIX: it polls a non-blocking pipe) the training process writes them.
+    Where the job may use a second CPU, a `RunWriter` process makes the run's writes. In a
+    process that has not imported mlflow (`python -m ppo1.train`) it is the run's only client
+    from the start: it creates the run, and training never waits for `import mlflow` or the
+    store. In one that has a client already (a sweep's), it takes the metric rows of a run
+    lasting over _WRITER_AFTER_S. Rows are buffered and handed over every _FLUSH_EVERY_S (one
+    `log_metric` call costs ~9 ms on SQLite, longer than a whole CartPole update); whatever
+    the writer leaves undone (it died, or hung), this process does itself. With one usable CPU
+    (the writer would compete for it), `tracking.writer_process=false` or off POSIX (it polls
+    non-blocking pipes), this process writes everything, the rows every _WRITE_EVERY_S.
     On exit every row is written and the run marked FINISHED, KILLED (Ctrl-C) or FAILED.
     """
 
     def __init__(
-        self, cfg: TrackingConfig, params: dict[str, Any], tags: dict[str, str] | None = None
+        self,
+        cfg: TrackingConfig,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        *,
+        writer_client: bool | None = None,
     ) -> None:
+        """`writer_client`: whether the writer process is the run's only client (by default,
+        when mlflow is not imported here: importing it would cost what the writer saves)."""
         self.cfg = cfg
+        self.uri = tracking_uri(cfg)
         self.params = flatten(params)
         self.tags = dict(tags or {})
-        self.client: MlflowClient | None = None
         self.run_id: str | None = None
-        self.experiment_id: str | None = None
-        self._metrics: list[Row] = []
+        self.run_name: str | None = None
+        self._client: MlflowClient | None = None
+        self._writer: RunWriter | None = None
+        self._rows: list[Row] = []
+        self._staging: tempfile.TemporaryDirectory[str] | None = None
         self._started = self._last_flush = time.monotonic()
-        self._writer: MetricWriter | None = None
         self._last_ms = 0
         self._writes_inline = not cfg.writer_process or os.name != "posix" or usable_cpus() < 2
+        if writer_client is None:
+            writer_client = "mlflow" not in sys.modules
+        self._writer_client = writer_client and not self._writes_inline
+
+    @property
+    def active(self) -> bool:
+        """A run is tracked: created, or being created by the writer."""
+        return self.run_id is not None or self._writer_owns_run()
+
+    def _writer_owns_run(self) -> bool:
+        return self._writer is not None and self._writer.creates_run
 
     def __enter__(self) -> Tracker:
         if not self.cfg.enabled:
             return self
-        from mlflow.entities import Param
-
-        self.client = open_client(tracking_uri(self.cfg))
-        self.experiment_id = get_or_create_experiment(self.client, self.cfg.experiment)
         commit = git_commit()
         if commit:
             self.tags["mlflow.source.git.commit"] = commit
-        # From here a run exists: whatever stops the setup (Ctrl-C included) must end it, and
+        if self._writer_client:
+            problem = store_problem(self.uri)  # the rest the writer finds, and then this process
+            if problem is not None:
+                raise ConfigError(f"tracking.uri {self.uri!r}: {problem}")
+            run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags]
+            self._writer = RunWriter(self.uri, run)
+            self._do(("params", self.params))
+            return self
+        # Once a run exists, whatever stops the setup (Ctrl-C included) must end it, and
         # `with` calls __exit__ only once __enter__ has returned.
         try:
-            with _interrupts_deferred():
-                run = self.client.create_run(
-                    self.experiment_id, run_name=self.cfg.run_name, tags=self.tags
-                )
-                self.run_id = run.info.run_id
-            items = [Param(k, v) for k, v in self.params.items()]
-            for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+            self._do(("params", self.params))
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
+    def _own_client(self) -> tuple[MlflowClient, str]:
+        """This process's client, and the run: created here unless the writer created it."""
+        if self._client is None:
+            self._client = open_client(self.uri)
+        if self.run_id is None:
+            with _interrupts_deferred():
+                self.run_id, self.run_name = create_run(
+                    self._client, self.cfg.experiment, self.cfg.run_name, self.tags
+                )
+        return self._client, self.run_id
+
+    def _do(self, op: Op) -> None:
+        """One write to the run: by the writer if it is the run's client, else here."""
+        if self._writer is None or not self._writer.creates_run:
+            apply(*self._own_client(), op)
+            return
+        if op[0] == "artifact":
+            # The caller may delete its file as soon as log_artifact returns.
+            if self._staging is None:
+                self._staging = tempfile.TemporaryDirectory(prefix="ppo1-artifacts-")
+            staged = Path(self._staging.name, str(len(os.listdir(self._staging.name))))
+            staged.mkdir()
+            op = ("artifact", shutil.copy(op[1], staged), *op[2:])
+        self._writer.submit(op)
+
+    def _learn_run(self, writer: RunWriter) -> None:
+        if writer.run is not None and self.run_id is None:
+            self.run_id, self.run_name = writer.run
+
+    def _take_over(self) -> None:
+        """The writer exited or hung: this process does what it left undone, and what follows."""
+        assert self._writer is not None
+        writer, self._writer = self._writer, None
+        self._writes_inline = True
+        left = writer.close()
+        self._learn_run(writer)
+        for op in left:
+            apply(*self._own_client(), op)
+
+    def wait_for_run(self) -> tuple[str, str] | None:
+        """The run's id and name, once it exists (the writer may still be creating it)."""
+        if not self.active:
+            return None
+        if self.run_id is None:
+            assert self._writer is not None
+            if self._writer.wait_ready():
+                self._learn_run(self._writer)
+            else:
+                self._take_over()
+        assert self.run_id is not None and self.run_name is not None
+        return self.run_id, self.run_name
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
+        if not self.active:
             return
         # A millisecond of its own for every call: MLflow keeps one row per (key, timestamp,
         # step, value), so equal episodes ending on one vector step would otherwise store as
         # one (2 of the default run's 424). Calls are far fewer than 1 a ms.
         self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
-        self._metrics += [(k, float(v), self._last_ms, step) for k, v in metrics.items()]
+        self._rows += [(k, float(v), self._last_ms, step) for k, v in metrics.items()]
 
     def flush(self) -> None:
         """Hand the buffered metrics to the writer process (or write them) if it is time."""
-        if self.client is None or self.run_id is None:
+        if not self.active:
             return
+        if self._writer is not None and not self._writer.alive:
+            self._take_over()
         now = time.monotonic()
         if self._writes_inline:
             if now - self._last_flush >= _WRITE_EVERY_S:
                 self._last_flush = now
-                self._write_all()
+                self._do(("metrics", self._rows))
+                self._rows = []
             return
-        if now - self._started < _WRITER_AFTER_S or now - self._last_flush < _FLUSH_EVERY_S:
+        if now - self._last_flush < _FLUSH_EVERY_S:
             return
-        self._last_flush = now
         if self._writer is None:
-            self._writer = MetricWriter(self.client.tracking_uri, self.run_id)
-        self._writer.submit(self._metrics)
-        self._metrics = []
-
-    def _write_all(self) -> None:
-        """Every row not yet in the store, written: the writer's backlog, then the rest here."""
-        assert self.client is not None and self.run_id is not None
-        if self._writer is not None:
-            self._metrics = self._writer.close() + self._metrics
-            self._writer = None
-        write_rows(self.client, self.run_id, self._metrics)
-        self._metrics = []
+            if now - self._started < _WRITER_AFTER_S:
+                return
+            self._writer = RunWriter(self.uri, ["attach", self.run_id])
+        self._last_flush = now
+        self._writer.submit(("metrics", self._rows))
+        self._rows = []
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        if self.client is None or self.run_id is None:
-            return
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if self.active:
+            self._do(("tags", tags))
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        if self.client is None or self.run_id is None:
-            return
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        if self.active:
+            self._do(("artifact", str(local_path), artifact_path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        if self.client is None or self.run_id is None:
-            return
-        self.client.log_text(self.run_id, text, artifact_file)
+        if self.active:
+            self._do(("text", text, artifact_file))
 
     def __exit__(
         self,
@@ -334,33 +384,44 @@ class Tracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.client is None or self.run_id is None:
+        if not self.active:
             return
-        from mlflow.entities import RunStatus
-        from optuna import TrialPruned
-
-        status = RunStatus.FINISHED
-        tags: dict[str, str] = {}
-        if isinstance(exc, TrialPruned):
-            # A sweep stopped this run on purpose (KL divergence, poor returns): not a failure.
-            status = RunStatus.KILLED
-            tags["ppo1.pruned"] = str(exc)[:5000]
-        elif exc is not None:
-            status = _failed_status(exc)
-            tags["ppo1.error"] = f"{type(exc).__name__}: {exc}"[:5000]
         try:
-            self._write_all()
-            if tags:
-                self.set_tags(tags)
+            self._end(exc)
+        finally:
+            if self._staging is not None:
+                self._staging.cleanup()
+
+    def _end(self, exc: BaseException | None) -> None:
+        """Every write done (by the writer, or here what it left) and the run's status set."""
+        status, tags = _ending(exc)
+        ops: list[Op] = [("metrics", self._rows)] if self._rows else []
+        ops += [("tags", tags)] if tags else []
+        self._rows = []
+        terminate = ("terminate", status)
+        left = [*ops, terminate]
+        writer, self._writer = self._writer, None
+        if writer is not None and writer.creates_run:
+            for op in left:
+                writer.submit(op)
+            left = writer.close()
+        elif writer is not None:
+            # A writer still importing mlflow is slower than this process's own client.
+            left = writer.close(only_if_ready=True) + left
+        if writer is not None:
+            self._learn_run(writer)
+        try:
+            for op in left:
+                if op[0] != "terminate":
+                    apply(*self._own_client(), op)
         except BaseException as err:
             # The last writes failed, or a second Ctrl-C hit them: the run still gets an end.
             if exc is None:
                 status = _failed_status(err)
             raise
         finally:
-            self.client.set_terminated(self.run_id, RunStatus.to_string(status))
-            if exc is not None:
+            if terminate in left:
+                apply(*self._own_client(), ("terminate", status))
+            if exc is not None and self.run_id is not None:
                 # For whoever reports the exception: only this object knows a run exists.
-                exc.add_note(
-                    f"the MLflow run {self.run_id} is marked {RunStatus.to_string(status)}"
-                )
+                exc.add_note(f"the MLflow run {self.run_id} is marked {status}")

@@ -101,7 +101,6 @@ def train(
     recent: deque[Episode] = deque(maxlen=100)
     plain = to_plain_dict(cfg)
     with Tracker(cfg.tracking, plain, tags) as tracker:
-        result.run_id = tracker.run_id
         figures = FigureLogger(cfg, tracker)
         tracker.log_text(OmegaConf.to_yaml(plain), "config.yaml")
         start = time.perf_counter()
@@ -156,6 +155,7 @@ def train(
                 path = Path(tmp) / "policy.pt"
                 save_checkpoint(path, agent, cfg)
                 tracker.log_artifact(path, "model")
+    result.run_id = tracker.run_id  # known once the run has ended, if the writer created it
     envs.close()
     eval_envs.close()
     return result

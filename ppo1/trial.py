@@ -49,8 +49,8 @@ def train_seeds(
             "optuna.trial_number": str(trial.number),
             "mlflow.runName": f"{sweep.study_name}-trial-{trial.number}-seed-{seed}",
         }
-        if trial_run.run_id:
-            tags["mlflow.parentRunId"] = trial_run.run_id
+        if (run := trial_run.wait_for_run()) is not None:
+            tags["mlflow.parentRunId"] = run[0]
         # The trial's final update: the last seed's last (num_updates whole batches).
         last_step = cfg.num_updates * cfg.batch_size if i == sweep.seeds - 1 else None
         reporter = TrialReporter(trial, sweep.kl, i * cfg.total_timesteps, last_step)

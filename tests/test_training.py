@@ -29,7 +29,13 @@ from ppo1.networks import ActorCritic
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, ppo_update
 from ppo1.rollout import RolloutCollector
-from ppo1.tracking import _server_problem, open_client, sigterm_as_interrupt, tracking_uri
+from ppo1.tracking import (
+    _server_problem,
+    open_client,
+    sigterm_as_interrupt,
+    tracking_uri,
+    usable_cpus,
+)
 from ppo1.train import progress_line, train
 
 from .conftest import CONF_DIR as CONF
@@ -217,14 +223,19 @@ def test_nan_stops_training_and_marks_run_failed(compose_cfg: Compose, mlflow_ur
     assert [m.step for m in client.get_metric_history(run.info.run_id, "losses/kl")] == [256]
 
 
-def test_an_untracked_run_never_imports_mlflow() -> None:
-    # `import mlflow` takes seconds; only tracked runs (and the MLflow tools) should pay it.
+@pytest.mark.parametrize("tracked", [False, True])
+def test_training_never_imports_mlflow(tmp_path: Path, tracked: bool) -> None:
+    # `import mlflow` and the store's first open take seconds of the training core: an
+    # untracked run never pays them, and a tracked one leaves them to its writer process.
+    if tracked and usable_cpus() < 2:
+        pytest.skip("a one-CPU job is its own MLflow client")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = [f"tracking.uri={uri}"] if tracked else ["tracking.enabled=false"]
     # run_module as __main__, like `python -m`: Hydra finds conf/ from the script's file (an
     # imported `main` looks for a `conf` package, fails, and no training would run at all).
     script = (
         "import runpy, sys\n"
-        "sys.argv = ['ppo1.train', 'tracking.enabled=false', 'save_model=false',\n"
-        f"            *{TINY!r}, 'verbose=true']\n"
+        f"sys.argv = ['ppo1.train', *{tracking!r}, *{TINY!r}, 'verbose=true']\n"
         "try:\n"
         "    runpy.run_module('ppo1.train', run_name='__main__')\n"
         "except SystemExit:\n"
@@ -236,6 +247,19 @@ def test_an_untracked_run_never_imports_mlflow() -> None:
     )
     assert "final evaluation" in out.stdout, out.stderr  # the run trained
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    if tracked:  # and its writer stored all of it
+        client = MlflowClient(uri)
+        (run,) = client.search_runs(["1"])
+        assert f"MLflow run {run.info.run_id}" in out.stdout
+        assert run.info.status == "FINISHED" and run.data.params["algo.clip"] == "0.2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "losses/kl")] == [
+            256,
+            512,
+        ]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"config.yaml", "figures", "model"}
+        figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+        assert "figures/ratio_snapshots.json" in figures
 
 
 def test_continuous_actions_train_through_the_same_path(compose_cfg: Compose) -> None:

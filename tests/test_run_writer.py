@@ -1,4 +1,4 @@
-"""The metric writer process: real SQLite stores, real child processes, no row lost or doubled."""
+"""The run writer process: real SQLite stores, real child processes, no write lost or doubled."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ppo1.config import TrackingConfig, TrainConfig
-from ppo1.metric_writer import MetricWriter, Row, write_rows
+from ppo1.run_writer import ORPHANED, Row, RunWriter, apply
 from ppo1.tracking import Tracker, usable_cpus
 from ppo1.train import train
 
@@ -34,27 +34,22 @@ def new_run(uri: str) -> str:
         return run.run_id
 
 
-def writer_pids(run_id: str) -> list[int]:
-    """Live `python -m ppo1.metric_writer` processes writing to this run."""
+def writer_pids(uri: str) -> list[int]:
+    """Live `python -m ppo1.run_writer` processes writing to this store."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue  # gone, or not a process
-        if b"ppo1.metric_writer" in argv and run_id.encode() in argv:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state != "Z":
-                pids.append(int(proc.name))
+        if b"ppo1.run_writer" in argv and uri.encode() in argv and state != "Z":
+            pids.append(int(proc.name))
     return pids
 
 
-def wait_ready(writer: MetricWriter) -> None:
-    def ready() -> bool:
-        writer.submit([])  # reads the writer's replies
-        return writer.ready
-
-    wait_until(ready, READY_TIMEOUT_S)
+def wait_ready(writer: RunWriter) -> None:
+    wait_until(lambda: writer.wait_ready(), READY_TIMEOUT_S)
 
 
 def stored(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -66,6 +61,10 @@ def rows(key: str, steps: range) -> list[Row]:
     return [(key, float(step) / 7, 1_000 + step, step) for step in steps]
 
 
+def attached(uri: str, run_id: str) -> RunWriter:
+    return RunWriter(uri, ["attach", run_id])
+
+
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the writer runs on POSIX only")
 # A tracked run starts a writer only where it may use a second CPU.
 two_cpus = pytest.mark.skipif(usable_cpus() < 2, reason="a one-CPU job writes its own rows")
@@ -73,41 +72,41 @@ two_cpus = pytest.mark.skipif(usable_cpus() < 2, reason="a one-CPU job writes it
 
 def test_the_writer_process_stores_what_it_acknowledges(mlflow_uri: str) -> None:
     run_id = new_run(mlflow_uri)
-    writer = MetricWriter(mlflow_uri, run_id)
-    writer.submit([*rows("a", range(0, 1500)), ("nan", math.nan, 5, 0)])  # waits: not ready
+    writer = attached(mlflow_uri, run_id)
+    writer.submit(("metrics", [*rows("a", range(0, 1500)), ("nan", math.nan, 5, 0)]))
     wait_ready(writer)
-    writer.submit(rows("a", range(1500, 2500)))
+    writer.submit(("metrics", rows("a", range(1500, 2500))))
     # What the process acknowledged is in the store before the trainer writes anything.
     wait_until(lambda: len(stored(mlflow_uri, run_id, "a")) == 2500, READY_TIMEOUT_S)
     assert writer.close() == []
     assert stored(mlflow_uri, run_id, "a") == [(s, s / 7) for s in range(2500)]
     assert math.isnan(MlflowClient(mlflow_uri).get_metric_history(run_id, "nan")[0].value)
-    assert writer_pids(run_id) == []
+    assert writer_pids(mlflow_uri) == []
 
 
 def test_closed_before_it_is_ready_it_hands_every_row_back(mlflow_uri: str) -> None:
     run_id = new_run(mlflow_uri)
-    writer = MetricWriter(mlflow_uri, run_id)
-    batch = rows("a", range(10))
+    writer = attached(mlflow_uri, run_id)
+    batch = ("metrics", rows("a", range(10)))
     writer.submit(batch)
-    assert writer.close() == batch
+    assert writer.close(only_if_ready=True) == [batch]
     assert stored(mlflow_uri, run_id, "a") == []
-    assert writer_pids(run_id) == []
+    assert writer_pids(mlflow_uri) == []
 
 
 def test_close_does_not_wait_for_a_forked_process_to_release_the_pipe(
     mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ppo1.metric_writer._CLOSE_TIMEOUT_S", 10.0)
+    monkeypatch.setattr("ppo1.run_writer._CLOSE_TIMEOUT_S", 10.0)
     run_id = new_run(mlflow_uri)
-    writer = MetricWriter(mlflow_uri, run_id)
+    writer = attached(mlflow_uri, run_id)
     wait_ready(writer)
     holder = os.fork()  # as a user's multiprocessing would: it inherits the pipe's write end
     if holder == 0:
         time.sleep(60)
         os._exit(0)
     try:
-        writer.submit(rows("a", range(10)))
+        writer.submit(("metrics", rows("a", range(10))))
         assert writer.close() == []
         # It stopped at the end line, not killed at the timeout waiting for end of input.
         assert writer._proc.returncode == 0
@@ -119,16 +118,16 @@ def test_close_does_not_wait_for_a_forked_process_to_release_the_pipe(
 
 def test_a_writer_killed_mid_run_loses_and_doubles_nothing(mlflow_uri: str) -> None:
     run_id = new_run(mlflow_uri)
-    writer = MetricWriter(mlflow_uri, run_id)
+    writer = attached(mlflow_uri, run_id)
     wait_ready(writer)
-    writer.submit(rows("a", range(0, 100)))
+    writer.submit(("metrics", rows("a", range(0, 100))))
     wait_until(lambda: len(stored(mlflow_uri, run_id, "a")) == 100, READY_TIMEOUT_S)
-    (pid,) = writer_pids(run_id)
+    (pid,) = writer_pids(mlflow_uri)
     os.kill(pid, signal.SIGKILL)
-    writer.submit(rows("a", range(100, 300)))  # into a pipe nobody reads, or a broken one
+    writer.submit(("metrics", rows("a", range(100, 300))))  # into a pipe nobody reads
     left = writer.close()
-    assert left == rows("a", range(100, 300))
-    write_rows(MlflowClient(mlflow_uri), run_id, [*left, *rows("a", range(50, 100))])
+    assert left == [("metrics", rows("a", range(100, 300)))]
+    apply(MlflowClient(mlflow_uri), run_id, ("metrics", [*left[0][1], *rows("a", range(50, 100))]))
     assert stored(mlflow_uri, run_id, "a") == [(s, s / 7) for s in range(300)]
 
 
@@ -150,7 +149,7 @@ def test_a_tracked_run_hands_its_metrics_to_the_writer(
         if not seen_mid_run:
             (run,) = client.search_runs(["1"])
             if client.get_metric_history(run.info.run_id, "losses/kl"):
-                assert writer_pids(run.info.run_id)
+                assert writer_pids(mlflow_uri)
                 seen_mid_run.append(step)
             else:
                 time.sleep(0.25)
@@ -164,12 +163,14 @@ def test_a_tracked_run_hands_its_metrics_to_the_writer(
     # Every episode, equal ones ending on one step included (MLflow drops exact duplicates).
     episodes = stored(mlflow_uri, result.run_id, "charts/episodic_return")
     assert episodes == sorted((e.step, e.ret) for e in result.episodes)
-    assert writer_pids(result.run_id) == []
+    assert writer_pids(mlflow_uri) == []
 
 
 @two_cpus
 def test_ctrl_c_lets_the_writer_finish_and_marks_the_run_killed(mlflow_uri: str) -> None:
     """A real SIGINT to `python -m ppo1.train` while its writer process holds rows."""
+    client = MlflowClient(mlflow_uri)
+    client.search_experiments()  # the store exists before the writer opens it
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -185,18 +186,18 @@ def test_ctrl_c_lets_the_writer_finish_and_marks_the_run_killed(mlflow_uri: str)
         text=True,
     )
     assert proc.stdout is not None
-    client = MlflowClient(mlflow_uri)
     try:
         assert proc.stdout.readline().startswith("update")
-        (run,) = client.search_runs(["1"])
-        run_id = run.info.run_id
 
         def has_rows() -> bool:
-            # Mid-run, rows reach the store only through the writer process (started 5 s in).
-            return bool(client.get_metric_history(run_id, "losses/kl"))
+            # The writer process creates the run and stores its rows while training goes on.
+            runs = client.search_runs(["1"])
+            return bool(runs) and bool(client.get_metric_history(runs[0].info.run_id, "losses/kl"))
 
         wait_until(has_rows, READY_TIMEOUT_S, process=proc)
-        assert writer_pids(run_id)
+        (run,) = client.search_runs(["1"])
+        run_id = run.info.run_id
+        assert writer_pids(mlflow_uri)
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=120)
     finally:
@@ -208,7 +209,7 @@ def test_ctrl_c_lets_the_writer_finish_and_marks_the_run_killed(mlflow_uri: str)
     # Every update that printed its line is stored, once (the interrupted one may be too).
     assert Counter(steps).most_common(1)[0][1] == 1
     assert sorted(steps)[:last_update] == [256 * u for u in range(1, last_update + 1)]
-    assert writer_pids(run_id) == []
+    assert writer_pids(mlflow_uri) == []
 
 
 @pytest.mark.parametrize("why", ["tracking.writer_process=false", "one usable CPU"])
@@ -227,7 +228,7 @@ def test_without_a_writer_the_trainer_writes_every_row_itself(
         assert [m.step for m in client.get_metric_history(run.info.run_id, "losses/kl")] == [
             256 * u for u in range(1, step // 256 + 1)
         ]
-        assert writer_pids(run.info.run_id) == []
+        assert writer_pids(mlflow_uri) == []
         checked.append(step)
 
     cpus = os.sched_getaffinity(0)
@@ -238,3 +239,99 @@ def test_without_a_writer_the_trainer_writes_every_row_itself(
     finally:
         os.sched_setaffinity(0, cpus)
     assert checked == [256 * u for u in range(1, 11)]
+
+
+def writer_client(uri: str, run_name: str | None = None) -> Tracker:
+    """A Tracker whose writer process is the run's only MLflow client."""
+    cfg = TrackingConfig(uri=uri, experiment="writer", run_name=run_name)
+    return Tracker(cfg, {"algo": {"clip": 0.2}}, {"ppo1.role": "test"}, writer_client=True)
+
+
+@two_cpus
+def test_the_writer_creates_the_run_and_makes_every_write(
+    mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ppo1.tracking._FLUSH_EVERY_S", 0.0)
+    model = tmp_path / "policy.pt"
+    model.write_bytes(b"weights")
+    with writer_client(mlflow_uri, run_name="remote") as tracker:
+        assert tracker.run_id is None  # training goes on while the writer imports mlflow
+        tracker.log_metrics({"a": 1.0}, 1)
+        tracker.flush()
+        tracker.log_text("clip: 0.2\n", "config.yaml")
+        tracker.log_artifact(model, "model")
+        model.unlink()  # the caller's file may go as soon as log_artifact returns
+        tracker.set_tags({"t": "x"})
+        tracker.log_metrics({"a": 2.0}, 2)
+        run = tracker.wait_for_run()
+        assert run is not None and run[1] == "remote"
+        assert writer_pids(mlflow_uri)
+    run_id = run[0]
+    client = MlflowClient(mlflow_uri)
+    stored_run = client.get_run(run_id)
+    assert stored_run.info.status == "FINISHED"
+    assert stored_run.data.params == {"algo.clip": "0.2"}
+    assert stored_run.data.tags["t"] == "x" and stored_run.data.tags["ppo1.role"] == "test"
+    assert stored(mlflow_uri, run_id, "a") == [(1, 1.0), (2, 2.0)]
+    out = tmp_path / "out"
+    out.mkdir()
+    assert Path(client.download_artifacts(run_id, "model/policy.pt", str(out))).read_bytes() == (
+        b"weights"
+    )
+    assert Path(client.download_artifacts(run_id, "config.yaml", str(out))).read_text() == (
+        "clip: 0.2\n"
+    )
+    assert len(client.search_runs([stored_run.info.experiment_id])) == 1
+    assert writer_pids(mlflow_uri) == []
+
+
+@two_cpus
+@pytest.mark.parametrize("when", ["before it has the run", "once it has the run"])
+def test_what_a_dead_writer_left_undone_the_trainer_does(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    monkeypatch.setattr("ppo1.tracking._FLUSH_EVERY_S", 0.0)
+    with writer_client(mlflow_uri) as tracker:
+        if when == "once it has the run":
+            assert tracker.wait_for_run() is not None
+        tracker.log_metrics({"a": 1.0}, 1)
+        tracker.flush()
+        tracker.log_text("clip: 0.2\n", "config.yaml")
+        (pid,) = writer_pids(mlflow_uri)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not writer_pids(mlflow_uri), READY_TIMEOUT_S)
+        tracker.log_metrics({"a": 2.0}, 2)
+        tracker.flush()  # finds the writer gone: from here this process writes
+        tracker.log_metrics({"a": 3.0}, 3)
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("writer").experiment_id])
+    assert run.info.run_id == tracker.run_id and run.info.status == "FINISHED"
+    assert run.data.params == {"algo.clip": "0.2"}
+    assert stored(mlflow_uri, run.info.run_id, "a") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+
+
+@two_cpus
+def test_a_trainer_killed_outright_leaves_its_run_failed(mlflow_uri: str) -> None:
+    """SIGKILL (the OOM killer, `kill -9`) gives the trainer no chance to end its run."""
+    script = (
+        "import os, signal\n"
+        "import ppo1.tracking\n"
+        "from ppo1.config import TrackingConfig\n"
+        "ppo1.tracking._FLUSH_EVERY_S = 0.0\n"
+        f"tracker = ppo1.tracking.Tracker(TrackingConfig(uri={mlflow_uri!r}), {{}})\n"
+        "tracker.__enter__()\n"
+        "tracker.log_metrics({'a': 1.0}, 1)\n"
+        "tracker.flush()\n"
+        "print(tracker.wait_for_run()[0], flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=READY_TIMEOUT_S
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    run_id = done.stdout.strip()
+    client = MlflowClient(mlflow_uri)
+    wait_until(lambda: client.get_run(run_id).info.status == "FAILED", READY_TIMEOUT_S)
+    assert client.get_run(run_id).data.tags["ppo1.error"] == ORPHANED
+    assert stored(mlflow_uri, run_id, "a") == [(1, 1.0)]

@@ -1,0 +1,308 @@
+"""A run's MLflow writes as operations, and the second process that makes them.
+
+A fresh training process that talks to MLflow itself pays `import mlflow` (~2 s), the first
+open of a SQL store (~1.5 s of SQLAlchemy and alembic) and ~0.17 ms a metric row in MLflow's
+ORM, all on the training core. `python -m ppo1.run_writer URI` pays them on the core training
+leaves idle: it creates the run (or attaches to one this process created) and applies the
+operations the trainer sends while training goes on. A thread could not hide that work
+(SQLAlchemy holds the GIL against the training thread's many short torch calls), and a forked
+process would cost the trainer copy-on-write faults; this one shares no memory with it.
+
+Protocol, JSON lines: the trainer's first line names the run, `["create", experiment,
+run_name, tags]` or `["attach", run_id]`; then one line an operation, `[number, *op]`; and
+`end` last. The writer replies `["ready", run_id, run_name]` once it has the run, then
+`[number]` once an operation is done. What it has not done when the trainer closes it, the
+trainer does itself: every operation may be repeated (a SQL store drops metric rows it
+already holds; params, tags, artifacts and the status are the same when written twice), so
+nothing depends on this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# (key, value, timestamp in ms, step): one metric row, as MLflow stores it.
+Row = tuple[str, float, int, int]
+# One write to a run: ("params", {name: value}), ("metrics", [Row, ...]), ("tags", {name:
+# value}), ("artifact", local path, artifact folder or None), ("text", text, artifact file)
+# or ("terminate", "FINISHED" | "KILLED" | "FAILED").
+Op = tuple[Any, ...]
+T = TypeVar("T")
+
+# MLflow rejects larger batches (its documented log_batch limits).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+# A backlog of a few batches drains in well under a second and a cold `import mlflow` takes
+# seconds; past this the writer is stuck (a locked store) and the trainer does the rest.
+_CLOSE_TIMEOUT_S = 60.0
+# The rows sent while the writer imports mlflow (5 s and more of CartPole metrics) are ~100 kB
+# of JSON: a larger pipe holds them instead of the trainer (Linux's default is 64 kB).
+_PIPE_BYTES = 1 << 20
+# The trainer's last line: everything was sent.
+_END = b"end\n"
+# Set on a run whose training process went away without ending it (killed, crashed hard).
+ORPHANED = "the training process exited without ending its run (killed?)"
+
+
+def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite store; MLflow would otherwise root them in the current cwd."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(
+            client.create_experiment(
+                name,
+                artifact_location=artifact_location(client.tracking_uri),
+                # Without this tag the MLflow 3 UI opens the experiment in its GenAI view.
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
+        )
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        experiment = client.get_experiment_by_name(name)
+        assert experiment is not None
+        return str(experiment.experiment_id)
+
+
+def create_run(
+    client: MlflowClient, experiment: str, run_name: str | None, tags: dict[str, str]
+) -> tuple[str, str]:
+    """A new RUNNING run in the experiment (created if need be): its id and its name."""
+    run = client.create_run(
+        get_or_create_experiment(client, experiment), run_name=run_name, tags=tags
+    )
+    return run.info.run_id, run.info.run_name
+
+
+def apply(client: MlflowClient, run_id: str, op: Op) -> None:
+    """One operation on the run, with as few store round trips as MLflow allows."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    match op:
+        case ("params", dict(params)):
+            for some in batches([Param(k, v) for k, v in params.items()], MAX_PARAMS_PER_BATCH):
+                client.log_batch(run_id, params=some)
+        case ("metrics", list(rows)):
+            for chunk in batches([Metric(*row) for row in rows], MAX_METRICS_PER_BATCH):
+                client.log_batch(run_id, metrics=chunk)
+        case ("tags", dict(tags)):
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        case ("artifact", str(path), folder):
+            client.log_artifact(run_id, path, folder)
+        case ("text", str(text), str(file)):
+            client.log_text(run_id, text, file)
+        case ("terminate", str(status)):
+            client.set_terminated(run_id, status)
+        case _:
+            raise ValueError(f"unknown run operation {op[:1]!r}")
+
+
+def _line(value: object) -> bytes:
+    return json.dumps(value).encode() + b"\n"
+
+
+class RunWriter:
+    """The trainer's end of a writer process for one run; `close` returns what it left undone.
+
+    Nothing here blocks training: operations go into the pipe as far as it takes them, the
+    rest waits in this object, and replies are read without waiting.
+    """
+
+    def __init__(self, uri: str, run: list[Any]) -> None:
+        """`run`: ["create", experiment, run_name, tags] or ["attach", run_id]."""
+        package_root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ppo1.run_writer", uri],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
+            # Out of the terminal's process group: Ctrl-C stops the trainer, which then lets
+            # the writer finish what it was sent instead of losing it mid-operation.
+            start_new_session=True,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin: IO[bytes] | None = self._proc.stdin
+        self._stdout: IO[bytes] = self._proc.stdout
+        for stream in (self._stdin, self._stdout):
+            os.set_blocking(stream.fileno(), False)
+        with contextlib.suppress(AttributeError, OSError):
+            import fcntl
+
+            fcntl.fcntl(self._stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        self.creates_run = run[0] == "create"
+        self.run: tuple[str, str] | None = None  # (id, name), once the writer has the run
+        self.alive = True  # until its replies end: it has exited
+        self._out = bytearray(_line(run))
+        self._partial = b""
+        self._ending = False
+        self._undone: dict[int, Op] = {}
+        self._number = 0
+        self._pump()
+
+    @property
+    def ready(self) -> bool:
+        return self.run is not None
+
+    def submit(self, op: Op) -> None:
+        """Queue one operation for the writer; kept until it says the operation is done."""
+        self._undone[self._number] = op
+        self._out += _line([self._number, *op])
+        self._number += 1
+        self._pump()
+
+    def wait_ready(self) -> bool:
+        """Wait until the writer has the run (True) or has exited or hung (False)."""
+        self._wait(lambda: self.ready or not self.alive)
+        return self.ready
+
+    def close(self, only_if_ready: bool = False) -> list[Op]:
+        """Let the writer finish what it was sent and stop it; the operations it did not do.
+
+        `only_if_ready`: a writer still importing mlflow is stopped at once (the caller, with a
+        client of its own, writes faster itself).
+        """
+        self._pump()
+        if self.alive and (self.ready or not only_if_ready):
+            # Said, not only signalled by closing the pipe: a process forked from the trainer
+            # since (a user's multiprocessing) holds its write end and would keep it open.
+            self._out += _END
+            self._ending = True
+            self._wait(lambda: not self.alive)
+        if self.alive:
+            self._proc.kill()
+        self._proc.wait()
+        os.set_blocking(self._stdout.fileno(), True)
+        self._read_replies()
+        self._stdout.close()
+        self._close_stdin()
+        return list(self._undone.values())
+
+    def _wait(self, done: Callable[[], bool]) -> None:
+        """Pump until `done()`, for at most _CLOSE_TIMEOUT_S."""
+        deadline = time.monotonic() + _CLOSE_TIMEOUT_S
+        while not done() and (left := deadline - time.monotonic()) > 0:
+            writable = [self._stdin] if self._stdin is not None and self._out else []
+            select.select([self._stdout], writable, [], left)
+            self._pump()
+
+    def _pump(self) -> None:
+        self._read_replies()
+        self._write()
+
+    def _write(self) -> None:
+        """Into the pipe as much of the queue as it takes now."""
+        while self._out and self._stdin is not None:
+            try:
+                written = os.write(self._stdin.fileno(), self._out[: 1 << 16])
+            except BlockingIOError:
+                return  # the pipe is full: the rest goes at a later pump
+            except BrokenPipeError:
+                self._out.clear()  # the writer has exited: what is queued stays undone
+                break
+            del self._out[:written]
+        if self._ending and not self._out:
+            self._close_stdin()  # end of input too, for a writer that missed the end line
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self._stdin.close()
+            self._stdin = None
+
+    def _read_replies(self) -> None:
+        """Take in `ready` and what is done, without waiting."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self._stdout.fileno(), 1 << 16)
+            except BlockingIOError:
+                break  # nothing more for now
+            if not chunk:
+                self.alive = False  # end of file: the writer has exited
+                break
+            chunks.append(chunk)
+        *lines, self._partial = (self._partial + b"".join(chunks)).split(b"\n")
+        for line in lines:
+            match json.loads(line):
+                case ["ready", str(run_id), str(run_name)]:
+                    self.run = (run_id, run_name)
+                case [int(number)]:
+                    self._undone.pop(number, None)
+
+
+def main(argv: list[str]) -> int:
+    """The writer: the run, then the operations from stdin, each acknowledged once done."""
+    (uri,) = argv
+    # Replies go to the original stdout; anything a library prints goes to stderr instead.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+    def reply(value: object) -> None:
+        # A trainer that died reads no more; its end of input says so, and the run still ends.
+        with contextlib.suppress(BrokenPipeError):
+            print(json.dumps(value), file=replies, flush=True)
+
+    run = json.loads(sys.stdin.buffer.readline())
+    ready = False
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        if run[0] == "create":
+            run_id, run_name = create_run(client, *run[1:])
+        else:
+            run_id = run[1]
+            run_name = client.get_run(run_id).info.run_name  # opens the store
+        reply(["ready", run_id, run_name])
+        ready = True
+        for line in sys.stdin.buffer:
+            if line == _END:
+                return 0
+            number, *op = json.loads(line)
+            apply(client, run_id, tuple(op))
+            reply([number])
+        # End of input without the end line: the trainer died without a word.
+        apply(client, run_id, ("tags", {"ppo1.error": ORPHANED}))
+        apply(client, run_id, ("terminate", "FAILED"))
+        return 1
+    except Exception as err:
+        if ready:  # before it, the trainer opens the store itself and reports what fails
+            message = " ".join(str(err).split()) or type(err).__name__
+            print(
+                f"ppo1.run_writer: {message}; the trainer does the rest",
+                file=sys.stderr,
+                flush=True,
+            )
+        return 1
+
+
+if __name__ == "__main__":
+    # Everything is stored and said: skip the interpreter's teardown of mlflow and SQLAlchemy,
+    # ~0.8 s the trainer would otherwise wait for at the end of every run.
+    os._exit(main(sys.argv[1:]))
