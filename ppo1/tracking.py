@@ -269,13 +269,12 @@ class Tracker:
             problem = store_problem(self.uri)  # the rest the writer finds, and then this process
             if problem is not None:
                 raise ConfigError(f"tracking.uri {self.uri!r}: {problem}")
-            run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags]
-            self._writer = RunWriter(self.uri, run)
-            self._do(("params", self.params))
-            return self
-        # Once a run exists, whatever stops the setup (Ctrl-C included) must end it, and
-        # `with` calls __exit__ only once __enter__ has returned.
+        # Once a run exists (or the writer is creating it), whatever stops the setup (Ctrl-C
+        # included) must end it, and `with` calls __exit__ only once __enter__ has returned.
         try:
+            if self._writer_client:
+                run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags]
+                self._writer = RunWriter(self.uri, run)
             self._do(("params", self.params))
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ppo1.config import TrackingConfig, TrainConfig
-from ppo1.run_writer import ORPHANED, Row, RunWriter, apply
+from ppo1.run_writer import ORPHANED, Op, Row, RunWriter, apply
 from ppo1.tracking import Tracker, usable_cpus
 from ppo1.train import train
 
@@ -335,3 +335,24 @@ def test_a_trainer_killed_outright_leaves_its_run_failed(mlflow_uri: str) -> Non
     wait_until(lambda: client.get_run(run_id).info.status == "FAILED", READY_TIMEOUT_S)
     assert client.get_run(run_id).data.tags["ppo1.error"] == ORPHANED
     assert stored(mlflow_uri, run_id, "a") == [(1, 1.0)]
+
+
+@two_cpus
+def test_ctrl_c_while_the_writer_sets_the_run_up_ends_it_killed(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit = RunWriter.submit
+
+    def interrupted_once(self: RunWriter, op: Op) -> None:
+        if op[0] == "params":  # inside __enter__: the writer is creating the run
+            raise KeyboardInterrupt
+        submit(self, op)
+
+    monkeypatch.setattr(RunWriter, "submit", interrupted_once)
+    with pytest.raises(KeyboardInterrupt) as err, writer_client(mlflow_uri):
+        pass
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("writer").experiment_id])
+    assert run.info.status == "KILLED"
+    assert err.value.__notes__ == [f"the MLflow run {run.info.run_id} is marked KILLED"]
+    assert writer_pids(mlflow_uri) == []
