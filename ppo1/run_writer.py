@@ -227,7 +227,7 @@ class RunWriter:
                 break
             del self._out[:written]
         if self._ending and not self._out:
-            self._close_stdin()  # end of input too, for a writer that missed the end line
+            self._close_stdin()  # all sent, the end line last
 
     def _close_stdin(self) -> None:
         if self._stdin is not None:
