@@ -9,7 +9,7 @@ operations the trainer sends while training goes on. A thread could not hide tha
 process would cost the trainer copy-on-write faults; this one shares no memory with it.
 
 Protocol, JSON lines: the trainer's first line names the run, `["create", experiment,
-run_name, tags]` or `["attach", run_id]`; then one line an operation, `[number, *op]`; and
+run_name, tags, start_ms]` or `["attach", run_id]`; then one line an operation, `[number, *op]`; and
 `end` last. The writer replies `["ready", run_id, run_name]` once it has the run, then
 `[number]` once an operation is done. What it has not done when the trainer closes it, the
 trainer does itself: every operation may be repeated (a SQL store drops metric rows it
@@ -90,12 +90,19 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
 
 
 def create_run(
-    client: MlflowClient, experiment: str, run_name: str | None, tags: dict[str, str]
+    client: MlflowClient,
+    experiment: str,
+    run_name: str | None,
+    tags: dict[str, str],
+    start_ms: int,
 ) -> tuple[str, str]:
-    """A new RUNNING run in the experiment (created if need be): its id and its name."""
-    run = client.create_run(
-        get_or_create_experiment(client, experiment), run_name=run_name, tags=tags
-    )
+    """A new RUNNING run in the experiment (created if need be): its id and its name.
+
+    `start_ms` is when training started: a writer creates the run seconds later, and the UI's
+    duration is end minus start.
+    """
+    experiment_id = get_or_create_experiment(client, experiment)
+    run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=run_name)
     return run.info.run_id, run.info.run_name
 
 
@@ -134,7 +141,7 @@ class RunWriter:
     """
 
     def __init__(self, uri: str, run: list[Any]) -> None:
-        """`run`: ["create", experiment, run_name, tags] or ["attach", run_id]."""
+        """`run`: ["create", experiment, run_name, tags, start_ms] or ["attach", run_id]."""
         package_root = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(

@@ -246,6 +246,7 @@ class Tracker:
         self._staging: tempfile.TemporaryDirectory[str] | None = None
         self._started = self._last_flush = time.monotonic()
         self._last_ms = 0
+        self._start_ms = 0  # set by __enter__
         self._writes_inline = not cfg.writer_process or os.name != "posix" or usable_cpus() < 2
         if writer_client is None:
             writer_client = "mlflow" not in sys.modules
@@ -262,6 +263,7 @@ class Tracker:
     def __enter__(self) -> Tracker:
         if not self.cfg.enabled:
             return self
+        self._start_ms = int(time.time() * 1000)
         commit = git_commit()
         if commit:
             self.tags["mlflow.source.git.commit"] = commit
@@ -273,7 +275,7 @@ class Tracker:
         # included) must end it, and `with` calls __exit__ only once __enter__ has returned.
         try:
             if self._writer_client:
-                run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags]
+                run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags, self._start_ms]
                 self._writer = RunWriter(self.uri, run)
             self._do(("params", self.params))
         except BaseException as exc:
@@ -288,7 +290,7 @@ class Tracker:
         if self.run_id is None:
             with _interrupts_deferred():
                 self.run_id, self.run_name = create_run(
-                    self._client, self.cfg.experiment, self.cfg.run_name, self.tags
+                    self._client, self.cfg.experiment, self.cfg.run_name, self.tags, self._start_ms
                 )
         return self._client, self.run_id
 

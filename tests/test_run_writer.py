@@ -254,7 +254,9 @@ def test_the_writer_creates_the_run_and_makes_every_write(
     monkeypatch.setattr("ppo1.tracking._FLUSH_EVERY_S", 0.0)
     model = tmp_path / "policy.pt"
     model.write_bytes(b"weights")
+    before_ms = time.time() * 1000
     with writer_client(mlflow_uri, run_name="remote") as tracker:
+        entered_ms = time.time() * 1000
         assert tracker.run_id is None  # training goes on while the writer imports mlflow
         tracker.log_metrics({"a": 1.0}, 1)
         tracker.flush()
@@ -270,6 +272,8 @@ def test_the_writer_creates_the_run_and_makes_every_write(
     client = MlflowClient(mlflow_uri)
     stored_run = client.get_run(run_id)
     assert stored_run.info.status == "FINISHED"
+    # Started when training did, not seconds later when the writer created it.
+    assert before_ms - 1 <= stored_run.info.start_time <= entered_ms + 1
     assert stored_run.data.params == {"algo.clip": "0.2"}
     assert stored_run.data.tags["t"] == "x" and stored_run.data.tags["ppo1.role"] == "test"
     assert stored(mlflow_uri, run_id, "a") == [(1, 1.0), (2, 2.0)]
