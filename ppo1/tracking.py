@@ -385,10 +385,9 @@ class Tracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.active:
-            return
         try:
-            self._end(exc)
+            if self.active:
+                self._end(exc)
         finally:
             if self._staging is not None:
                 self._staging.cleanup()
