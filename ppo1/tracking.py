@@ -296,15 +296,15 @@ class Tracker:
 
     def _do(self, op: Op) -> None:
         """One write to the run: by the writer if it is the run's client, else here."""
-        if self._writer is None or not self._writer.creates_run:
+        if not self._writer_owns_run():
             apply(*self._own_client(), op)
             return
+        assert self._writer is not None
         if op[0] == "artifact":
             # The caller may delete its file as soon as log_artifact returns.
             if self._staging is None:
                 self._staging = tempfile.TemporaryDirectory(prefix="ppo1-artifacts-")
-            staged = Path(self._staging.name, str(len(os.listdir(self._staging.name))))
-            staged.mkdir()
+            staged = tempfile.mkdtemp(dir=self._staging.name)  # a file name may recur
             op = ("artifact", shutil.copy(op[1], staged), *op[2:])
         self._writer.submit(op)
 
