@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gymnasium.vector import VectorEnv
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
@@ -44,6 +45,7 @@ from ppo1.config import (
     to_train_config,
 )
 from ppo1.envs import make_vector_env
+from ppo1.networks import ActorCritic
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, ppo_update
 from ppo1.rollout import RolloutCollector
@@ -209,27 +211,96 @@ def env_sps(cfg: TrainConfig, seed: int, steps: int, forward: bool) -> float:
     return steps * cfg.env.num_envs / seconds
 
 
-def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]:
-    """(rollout-only, update-only) env-steps/s; GAE counts as rollout work, as in SB3."""
+def _training_parts(
+    cfg: TrainConfig, seed: int
+) -> tuple[VectorEnv, ActorCritic, FlatAdam, RolloutCollector]:
+    """What train() builds before its first update: envs, agent, optimizer, collector."""
     torch.manual_seed(seed)
     envs = make_vector_env(cfg.env, cfg.env.num_envs)
     agent = build_agent(cfg, envs)
     optimizer = FlatAdam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
     collector = RolloutCollector(envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, seed)
+    return envs, agent, optimizer, collector
+
+
+def _next_batch(collector: RolloutCollector, cfg: TrainConfig) -> Batch:
+    """A fresh rollout with its advantages and returns, as an update takes it."""
+    collector.collect()
+    buf = collector.buffer
+    advantages, returns = buf.advantages(cfg.algo.gamma, cfg.algo.gae_lambda)
+    return Batch.from_rollout(buf, advantages, returns)
+
+
+def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]:
+    """(rollout-only, update-only) env-steps/s; GAE counts as rollout work, as in SB3."""
+    envs, agent, optimizer, collector = _training_parts(cfg, seed)
     rollout_s = update_s = 0.0
     for _ in range(rollouts):
         start = time.perf_counter()
-        collector.collect()
-        buf = collector.buffer
-        advantages, returns = buf.advantages(cfg.algo.gamma, cfg.algo.gae_lambda)
+        batch = _next_batch(collector, cfg)
         middle = time.perf_counter()
-        batch = Batch.from_rollout(buf, advantages, returns)
         ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)
         rollout_s += middle - start
         update_s += time.perf_counter() - middle
     envs.close()
     steps = rollouts * cfg.batch_size
     return steps / rollout_s, steps / update_s
+
+
+# The matrix products torch.profiler names in an update, and each one's operand count (an
+# `out=` tensor, when the call passed one, is recorded after the operands).
+MATMUL_OPERANDS = {"aten::mm": 2, "aten::addmm": 3}
+
+
+@dataclass(frozen=True)
+class MatmulCall:
+    """One shape of matrix product an update calls, `count` times."""
+
+    op: str
+    shapes: tuple[tuple[int, ...], ...]
+    count: int
+
+
+def update_matmuls(cfg: TrainConfig, seed: int) -> list[MatmulCall]:
+    """Every matrix product of one `ppo_update`, with its operand shapes (torch.profiler)."""
+    from torch.profiler import profile
+
+    envs, agent, optimizer, collector = _training_parts(cfg, seed)
+    batch = _next_batch(collector, cfg)
+    with profile(record_shapes=True) as prof:
+        ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)
+    envs.close()
+    return [
+        MatmulCall(event.key, tuple(tuple(s) for s in event.input_shapes if s), event.count)
+        for event in prof.key_averages(group_by_input_shape=True)
+        if event.key in MATMUL_OPERANDS
+    ]
+
+
+def replay_seconds(calls: list[MatmulCall], repeats: int = 200) -> float:
+    """Seconds `calls` take replayed back to back on random operands: an update reduced to
+    its matrix products, with no other kernel, Python or dispatch around them."""
+    total = 0.0
+    for call in calls:
+        n = MATMUL_OPERANDS[call.op]
+        tensors = [torch.randn(shape) for shape in call.shapes]
+        op = getattr(torch, call.op.removeprefix("aten::"))
+        out = {"out": tensors[n]} if len(tensors) > n else {}
+        for _ in range(repeats // 10):  # warm caches and the allocator
+            op(*tensors[:n], **out)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            op(*tensors[:n], **out)
+        total += (time.perf_counter() - start) / repeats * call.count
+    return total
+
+
+def ceiling_sps(cfg: TrainConfig, seed: int, raw_sps: float) -> float:
+    """Env-steps/s of a run whose rollout ran at its raw limit (`raw_sps`, random actions +
+    one forward a step) and whose update were nothing but its matrix products: what no
+    implementation calling this CPU's BLAS for the same products can pass."""
+    update_s = replay_seconds(update_matmuls(cfg, seed))
+    return cfg.batch_size / (cfg.batch_size / raw_sps + update_s)
 
 
 def rss_mib() -> float:
@@ -341,6 +412,12 @@ def measure(
         "rollout": Row("rollout_sps", "rollout only (incl. GAE)", "env-steps/s", True),
         "update": Row("update_sps", "update only", "env-steps/s", True),
         "e2e": Row("end_to_end_sps", "end-to-end", "env-steps/s", True),
+        "ceiling": Row(
+            "ceiling_sps",
+            "ceiling: raw limit + 1 forward, and an update of only its matrix products",
+            "env-steps/s",
+            True,
+        ),
         "rss": Row("rss_growth_mib", "RSS growth in end-to-end, update 1 to last", "MiB", False),
         "solve_s": Row("solve_seconds", "time to solve (training s)", "s", False),
         "solve_steps": Row("solve_steps", "steps to solve", "env steps", False),
@@ -386,6 +463,7 @@ def measure(
             rows["e2e"].add(name, sps)
             if rss_growth is not None:
                 rows["rss"].add(name, rss_growth)
+        rows["ceiling"].add("ppo1", ceiling_sps(cfg, seed, rows["raw"].samples["ppo1"][-1]))
     if cfg.env.id == "CartPole-v1":
         for seed in range(1, budget.seeds + 1):
             for name, runner in systems.items():

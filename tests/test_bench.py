@@ -11,7 +11,15 @@ from mlflow.tracking import MlflowClient
 
 from ppo1 import bench
 from ppo1.baseline import Sb3Runner, sb3_kwargs
-from ppo1.bench import Budget, Row, SolveWatch, compose_config, markdown_table, time_to_solve
+from ppo1.bench import (
+    Budget,
+    MatmulCall,
+    Row,
+    SolveWatch,
+    compose_config,
+    markdown_table,
+    time_to_solve,
+)
 
 THROUGHPUT_KEYS = ("env_sps", "raw_sps", "rollout_sps", "update_sps", "end_to_end_sps")
 
@@ -79,6 +87,9 @@ def test_quick_bench_prints_saves_and_logs_a_run(
         for system in ("ppo1", "sb3"):
             assert (by_key[key].median(system) or 0.0) > 0, (key, system)
     assert by_key["tracking_overhead_pct"].median("ppo1") is not None
+    ceiling, raw = by_key["ceiling_sps"].samples["ppo1"], by_key["raw_sps"].samples["ppo1"]
+    assert len(ceiling) == len(raw) and all(c < r for c, r in zip(ceiling, raw, strict=True))
+    assert "sb3" not in by_key["ceiling_sps"].samples
     assert by_key["tracking_overhead_main_job_pct"].median("ppo1") is not None
     table = (out / "bench.md").read_text()
     assert table in printed and "| end-to-end | env-steps/s |" in table
@@ -100,6 +111,33 @@ def test_quick_bench_prints_saves_and_logs_a_run(
     html = Path(client.download_artifacts(run.info.run_id, "bench.html", str(tmp_path))).read_text()
     # plotly.js is inlined so the chart renders offline, and the chart has both systems.
     assert "Plotly.newPlot" in html and '"name":"sb3"' in html and len(html) > 1_000_000
+
+
+def test_the_ceiling_replays_every_matrix_product_of_an_update() -> None:
+    # 2 epochs of 2 minibatches of 128: 4 steps, each a forward (3 addmm a tower) and a
+    # backward (per tower: a weight gradient per layer, an input gradient above the first);
+    # then one policy forward over the batch for the KL.
+    cfg = compose_config(["algo.epochs=2", "algo.minibatch_size=128"])
+    calls = bench.update_matmuls(cfg, seed=0)
+    counts = {op: sum(c.count for c in calls if c.op == op) for op in bench.MATMUL_OPERANDS}
+    assert counts == {"aten::addmm": 4 * 6 + 3, "aten::mm": 4 * 10}
+
+    def macs(call: MatmulCall) -> int:
+        first = bench.MATMUL_OPERANDS[call.op] - 2  # addmm's bias comes before the factors
+        (m, k), (_, n) = call.shapes[first : first + 2]
+        return call.count * m * k * n
+
+    # Per sample, the forward's multiply-adds (layers 4x64, 64x64, heads 64x2 and 64x1); the
+    # backward's weight gradients cost as much again, plus the input gradients of the second
+    # layers and the heads.
+    forward = 2 * (4 * 64 + 64 * 64) + 64 * 2 + 64 * 1
+    backward = forward + 2 * 64 * 64 + 64 * 2 + 64 * 1
+    policy = 4 * 64 + 64 * 64 + 64 * 2
+    assert sum(map(macs, calls)) == 4 * 128 * (forward + backward) + 256 * policy
+    seconds = bench.replay_seconds(calls, repeats=20)
+    assert seconds > 0
+    # Nothing but the products is less than the whole update, and bounds a run below its rollout.
+    assert bench.ceiling_sps(cfg, 0, raw_sps=30_000.0) < 30_000.0
 
 
 def test_tuned_config_halves_the_epochs_at_twice_the_step_size() -> None:
