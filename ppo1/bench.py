@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ppo1.baseline import sb3_available, sb3_kwargs
 from ppo1.checkpoint import build_agent
@@ -247,51 +249,82 @@ def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]
     return steps / rollout_s, steps / update_s
 
 
-# The matrix products torch.profiler names in an update, and each one's operand count (an
-# `out=` tensor, when the call passed one, is recorded after the operands).
-MATMUL_OPERANDS = {"aten::mm": 2, "aten::addmm": 3}
+# The matrix products of an update (`torch.mm`, `torch.addmm`; F.linear arrives as addmm).
+MATMULS = ("mm", "addmm")
+# (shape, strides) of a tensor: a weight enters its product as a transposed view.
+Layout = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def _layout(tensor: torch.Tensor) -> Layout:
+    return tuple(tensor.shape), tuple(tensor.stride())
 
 
 @dataclass(frozen=True)
 class MatmulCall:
-    """One shape of matrix product an update calls, `count` times."""
+    """A matrix product as an update calls it: `torch.<op>(*operands, out=<out>)`."""
 
     op: str
-    shapes: tuple[tuple[int, ...], ...]
-    count: int
+    operands: tuple[Layout, ...]
+    out: Layout | None
 
 
-def update_matmuls(cfg: TrainConfig, seed: int) -> list[MatmulCall]:
-    """Every matrix product of one `ppo_update`, with its operand shapes (torch.profiler)."""
-    from torch.profiler import profile
+class _MatmulRecorder(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's is untyped
+    """Counts every matrix product reaching ATen, by its operands' layouts."""
 
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.calls: Counter[MatmulCall] = Counter()
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        op = func.overloadpacket.__name__
+        if op in MATMULS:
+            out = kwargs.get("out")
+            self.calls[
+                MatmulCall(
+                    op,
+                    tuple(_layout(a) for a in args if isinstance(a, torch.Tensor)),
+                    None if out is None else _layout(out),
+                )
+            ] += 1
+        return func(*args, **kwargs)
+
+
+def update_matmuls(cfg: TrainConfig, seed: int) -> Counter[MatmulCall]:
+    """Every matrix product one `ppo_update` calls, and how many times."""
     envs, agent, optimizer, collector = _training_parts(cfg, seed)
     batch = _next_batch(collector, cfg)
-    with profile(record_shapes=True) as prof:
+    recorder = _MatmulRecorder()
+    with recorder:
         ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)
     envs.close()
-    return [
-        MatmulCall(event.key, tuple(tuple(s) for s in event.input_shapes if s), event.count)
-        for event in prof.key_averages(group_by_input_shape=True)
-        if event.key in MATMUL_OPERANDS
-    ]
+    return recorder.calls
 
 
-def replay_seconds(calls: list[MatmulCall], repeats: int = 200) -> float:
-    """Seconds `calls` take replayed back to back on random operands: an update reduced to
-    its matrix products, with no other kernel, Python or dispatch around them."""
+def replay_seconds(calls: Counter[MatmulCall], repeats: int = 200) -> float:
+    """Seconds `calls` take replayed back to back on random operands of the same layouts: an
+    update reduced to its matrix products, with no other kernel, Python or dispatch."""
+
+    def tensor(layout: Layout) -> torch.Tensor:
+        return torch.empty_strided(*layout).normal_()
+
     total = 0.0
-    for call in calls:
-        n = MATMUL_OPERANDS[call.op]
-        tensors = [torch.randn(shape) for shape in call.shapes]
-        op = getattr(torch, call.op.removeprefix("aten::"))
-        out = {"out": tensors[n]} if len(tensors) > n else {}
+    for call, count in calls.items():
+        operands = [tensor(layout) for layout in call.operands]
+        out = {} if call.out is None else {"out": tensor(call.out)}
+        op = getattr(torch, call.op)
         for _ in range(repeats // 10):  # warm caches and the allocator
-            op(*tensors[:n], **out)
+            op(*operands, **out)
         start = time.perf_counter()
         for _ in range(repeats):
-            op(*tensors[:n], **out)
-        total += (time.perf_counter() - start) / repeats * call.count
+            op(*operands, **out)
+        total += (time.perf_counter() - start) / repeats * count
     return total
 
 

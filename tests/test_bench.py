@@ -119,13 +119,12 @@ def test_the_ceiling_replays_every_matrix_product_of_an_update() -> None:
     # then one policy forward over the batch for the KL.
     cfg = compose_config(["algo.epochs=2", "algo.minibatch_size=128"])
     calls = bench.update_matmuls(cfg, seed=0)
-    counts = {op: sum(c.count for c in calls if c.op == op) for op in bench.MATMUL_OPERANDS}
-    assert counts == {"aten::addmm": 4 * 6 + 3, "aten::mm": 4 * 10}
+    counts = {op: sum(n for c, n in calls.items() if c.op == op) for op in bench.MATMULS}
+    assert counts == {"addmm": 4 * 6 + 3, "mm": 4 * 10}
 
     def macs(call: MatmulCall) -> int:
-        first = bench.MATMUL_OPERANDS[call.op] - 2  # addmm's bias comes before the factors
-        (m, k), (_, n) = call.shapes[first : first + 2]
-        return call.count * m * k * n
+        (m, k), (_, n) = (shape for shape, _ in call.operands[-2:])  # addmm's bias is first
+        return calls[call] * m * k * n
 
     # Per sample, the forward's multiply-adds (layers 4x64, 64x64, heads 64x2 and 64x1); the
     # backward's weight gradients cost as much again, plus the input gradients of the second
