@@ -88,6 +88,7 @@ class Sb3Runner:
     def model(self, seed: int) -> Any:
         from stable_baselines3 import PPO
         from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.logger import Logger
 
         env = make_vec_env(self.cfg.env.id, n_envs=self.cfg.env.num_envs, seed=seed)
         if self.cfg.env.normalize_obs:
@@ -95,7 +96,11 @@ class Sb3Runner:
 
             # SB3's counterpart of env.normalize_obs: running mean/std, clipped, no reward scaling.
             env = VecNormalize(env, norm_reward=False, clip_obs=self.cfg.env.clip_obs)
-        return PPO("MlpPolicy", env, seed=seed, **self.kwargs)
+        model = PPO("MlpPolicy", env, seed=seed, **self.kwargs)
+        # learn() would configure its own, which writes nothing at verbose=0 but leaves an empty
+        # SB3-<time> directory in the temp dir every call: this one writes nowhere, no folder.
+        model.set_logger(Logger(folder=None, output_formats=[]))
+        return model
 
     def env_sps(self, seed: int, forward: bool) -> float:
         """Random actions through SB3's vector env, optionally plus one policy forward."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,12 +77,16 @@ def test_time_to_solve_stops_at_the_second_passing_evaluation(
 
 @pytest.mark.slow
 def test_quick_bench_prints_saves_and_logs_a_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    temp = tmp_path / "temp"  # where SB3's default logger would leave a folder per learn()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "out"
     rows = bench.main(["--quick", "--out", str(out), "--tracking-uri", uri])
     printed = capsys.readouterr().out
+    assert not any(temp.iterdir())
     by_key = {row.key: row for row in rows}
     for key in THROUGHPUT_KEYS:
         for system in ("ppo1", "sb3"):
