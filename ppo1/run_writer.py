@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import subprocess
@@ -280,6 +281,9 @@ def main(argv: list[str]) -> int:
     try:
         from mlflow.tracking import MlflowClient
 
+        # MLflow's INFO lines (a new store's table creation) would land between the trainer's
+        # progress lines, seconds into training; its warnings still show.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = MlflowClient(uri)
         if run[0] == "create":
             run_id, run_name = create_run(client, *run[1:])
