@@ -9,6 +9,7 @@ bootstrap its V(final observation).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -119,6 +120,8 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
         if isinstance(native, CartPoleVectorEnv):
             return check_spaces(SameStepCartPole(native), cfg.id)
         native.close()
+    if str(gym.spec(cfg.id).entry_point).startswith("gymnasium.envs.mujoco"):
+        _mujoco_warnings_once()
     env_fns = [lambda: gym.make(cfg.id, **limit) for _ in range(num_envs)]
     try:
         env: VectorEnv = (
@@ -129,6 +132,27 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
     except gym.error.DependencyNotInstalled as err:
         raise ConfigError(f"env.id {cfg.id!r} needs an optional dependency: {err}") from err
     return check_spaces(env, cfg.id)
+
+
+def _mujoco_warnings_once() -> None:
+    """Print each distinct MuJoCo warning once per process, not once per env built.
+
+    MuJoCo warns while compiling every model: Gymnasium 1.4's HalfCheetah sets a compiler
+    attribute MuJoCo 4 deprecates, which made 28 identical warnings for a run's 8 + 20 envs.
+    A handler the process installed itself is left alone.
+    """
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is not None:
+        return
+    seen: set[str] = set()
+
+    def warn(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+    mujoco.set_mju_user_warning(warn)
 
 
 def check_spaces(env: VectorEnv, env_id: str) -> VectorEnv:

@@ -168,6 +168,25 @@ def test_every_env_group_builds_and_steps(compose_cfg: Compose, env_name: str) -
     env.close()
 
 
+def test_mujoco_warnings_are_printed_once_per_process() -> None:
+    # MuJoCo 4 warns on every HalfCheetah model compiled (a deprecated attribute in
+    # Gymnasium's XML): 6 identical warnings for these 2 x 3 envs without the handler.
+    script = (
+        "import mujoco\n"
+        "from ppo1.bench import compose_config\n"
+        "from ppo1.envs import make_vector_env\n"
+        "for _ in range(2):\n"
+        "    make_vector_env(compose_config(['env=halfcheetah']).env, 3).close()\n"
+        "print(mujoco.get_mju_user_warning() is not None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "True"  # the handler is in place
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == len(set(warnings)), out.stderr
+
+
 def test_ctrl_c_marks_run_killed_and_keeps_metrics(compose_cfg: Compose, mlflow_uri: str) -> None:
     cfg = compose_cfg(["total_timesteps=2048", *TINY[1:], f"tracking.uri={mlflow_uri}"])
 
