@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,3 +63,13 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s")
         time.sleep(0.2)
+
+
+def run_python(
+    script: str, timeout: float, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`python -c script` in a fresh interpreter: for what is process-wide (imports, signals,
+    handlers a library keeps), which a test in this process would see already set."""
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=check, timeout=timeout
+    )

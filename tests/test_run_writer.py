@@ -20,7 +20,7 @@ from ppo1.run_writer import ORPHANED, Op, Row, RunWriter, apply
 from ppo1.tracking import Tracker, usable_cpus
 from ppo1.train import train
 
-from .conftest import TINY, wait_until
+from .conftest import TINY, run_python, wait_until
 
 Compose = Callable[[list[str]], TrainConfig]
 
@@ -330,9 +330,7 @@ def test_a_trainer_killed_outright_leaves_its_run_failed(mlflow_uri: str) -> Non
         "print(tracker.wait_for_run()[0], flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=READY_TIMEOUT_S
-    )
+    done = run_python(script, timeout=READY_TIMEOUT_S)
     assert done.returncode == -signal.SIGKILL, done.stderr
     run_id = done.stdout.strip()
     client = MlflowClient(mlflow_uri)

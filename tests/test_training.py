@@ -39,7 +39,7 @@ from ppo1.tracking import (
 from ppo1.train import progress_line, train
 
 from .conftest import CONF_DIR as CONF
-from .conftest import TINY
+from .conftest import TINY, run_python
 
 Compose = Callable[[list[str]], TrainConfig]
 
@@ -179,9 +179,7 @@ def test_mujoco_warnings_are_printed_once_per_process() -> None:
         "    make_vector_env(compose_config(['env=halfcheetah']).env, 3).close()\n"
         "print(mujoco.get_mju_user_warning() is not None)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
-    )
+    out = run_python(script, timeout=120, check=True)
     assert out.stdout.strip() == "True"  # the handler is in place
     warnings = [line for line in out.stderr.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == len(set(warnings)), out.stderr
@@ -261,9 +259,7 @@ def test_training_never_imports_mlflow(tmp_path: Path, tracked: bool) -> None:
         "    pass\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
-    )
+    out = run_python(script, timeout=300, check=True)
     assert "final evaluation" in out.stdout, out.stderr  # the run trained
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
     # Nothing else: not even MLflow's notes on creating the store, amid the progress lines.
@@ -546,9 +542,7 @@ def test_divergence_message_mentions_no_run_when_untracked() -> None:
         f"            *{TINY[1:]!r}]\n"
         "runpy.run_module('ppo1.train', run_name='__main__')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
+    proc = run_python(script, timeout=120)
     assert proc.returncode == 1
     # (Before it, runpy warns that the test module imported ppo1.train.)
     assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged: non-finite")
