@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gymnasium.vector import VectorEnv
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -47,12 +46,9 @@ from ppo1.config import (
     to_train_config,
 )
 from ppo1.envs import make_vector_env
-from ppo1.networks import ActorCritic
-from ppo1.optim import FlatAdam
-from ppo1.ppo import Batch, ppo_update
-from ppo1.rollout import RolloutCollector
+from ppo1.ppo import ppo_update
 from ppo1.tracking import Tracker, open_client, project_root, tracking_uri
-from ppo1.train import train
+from ppo1.train import next_batch, train, training_parts
 
 # CartPole-v1 counts as solved at a 20-episode deterministic evaluation mean >= 475, twice in a
 # row (the issue's criterion; 475 is Gymnasium's reward_threshold for CartPole-v1).
@@ -213,33 +209,13 @@ def env_sps(cfg: TrainConfig, seed: int, steps: int, forward: bool) -> float:
     return steps * cfg.env.num_envs / seconds
 
 
-def _training_parts(
-    cfg: TrainConfig, seed: int
-) -> tuple[VectorEnv, ActorCritic, FlatAdam, RolloutCollector]:
-    """What train() builds before its first update: envs, agent, optimizer, collector."""
-    torch.manual_seed(seed)
-    envs = make_vector_env(cfg.env, cfg.env.num_envs)
-    agent = build_agent(cfg, envs)
-    optimizer = FlatAdam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
-    collector = RolloutCollector(envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, seed)
-    return envs, agent, optimizer, collector
-
-
-def _next_batch(collector: RolloutCollector, cfg: TrainConfig) -> Batch:
-    """A fresh rollout with its advantages and returns, as an update takes it."""
-    collector.collect()
-    buf = collector.buffer
-    advantages, returns = buf.advantages(cfg.algo.gamma, cfg.algo.gae_lambda)
-    return Batch.from_rollout(buf, advantages, returns)
-
-
 def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]:
     """(rollout-only, update-only) env-steps/s; GAE counts as rollout work, as in SB3."""
-    envs, agent, optimizer, collector = _training_parts(cfg, seed)
+    envs, agent, optimizer, collector = training_parts(cfg, seed)
     rollout_s = update_s = 0.0
     for _ in range(rollouts):
         start = time.perf_counter()
-        batch = _next_batch(collector, cfg)
+        _, batch = next_batch(collector, cfg.algo)
         middle = time.perf_counter()
         ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)
         rollout_s += middle - start
@@ -298,8 +274,8 @@ class _MatmulRecorder(TorchDispatchMode):  # type: ignore[no-untyped-call]  # to
 
 def update_matmuls(cfg: TrainConfig, seed: int) -> Counter[MatmulCall]:
     """Every matrix product one `ppo_update` calls, and how many times."""
-    envs, agent, optimizer, collector = _training_parts(cfg, seed)
-    batch = _next_batch(collector, cfg)
+    envs, agent, optimizer, collector = training_parts(cfg, seed)
+    _, batch = next_batch(collector, cfg.algo)
     recorder = _MatmulRecorder()
     with recorder:
         ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)

@@ -14,10 +14,12 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+from gymnasium.vector import VectorEnv
 from omegaconf import DictConfig, OmegaConf
 
 from ppo1.checkpoint import build_agent, save_checkpoint
 from ppo1.config import (
+    AlgoConfig,
     ConfigError,
     TrainConfig,
     exit_with_error,
@@ -28,6 +30,7 @@ from ppo1.config import (
 from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
 from ppo1.figure_logger import FigureLogger, figures_hint
+from ppo1.networks import ActorCritic
 from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector
@@ -84,19 +87,35 @@ def progress_line(update: int, cfg: TrainConfig, step: int, m: dict[str, float])
     )
 
 
+def training_parts(
+    cfg: TrainConfig, seed: int
+) -> tuple[VectorEnv, ActorCritic, FlatAdam, RolloutCollector]:
+    """What training steps: the vector env, the agent (initialised from `seed`), its
+    optimizer, and the collector that rolls the agent out in the env."""
+    torch.manual_seed(seed)
+    envs = make_vector_env(cfg.env, cfg.env.num_envs)
+    agent = build_agent(cfg, envs)
+    optimizer = FlatAdam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
+    collector = RolloutCollector(envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, seed)
+    return envs, agent, optimizer, collector
+
+
+def next_batch(collector: RolloutCollector, algo: AlgoConfig) -> tuple[list[Episode], Batch]:
+    """One rollout: the episodes that ended in it, and the batch an update takes from it
+    (GAE advantages and lambda-returns)."""
+    episodes = collector.collect()
+    buf = collector.buffer
+    advantages, returns = buf.advantages(algo.gamma, algo.gae_lambda)
+    return episodes, Batch.from_rollout(buf, advantages, returns)
+
+
 def train(
     cfg: TrainConfig, on_update: UpdateHook | None = None, tags: dict[str, str] | None = None
 ) -> TrainResult:
     """Train PPO-Clip as `cfg` says, tracked in MLflow; returns the evaluation curve."""
     torch.set_num_threads(cfg.torch_threads)
-    torch.manual_seed(cfg.seed)
-    envs = make_vector_env(cfg.env, cfg.env.num_envs)
+    envs, agent, optimizer, collector = training_parts(cfg, cfg.seed)
     eval_envs = make_vector_env(cfg.env, min(cfg.eval.num_envs, cfg.eval.episodes))
-    agent = build_agent(cfg, envs)
-    optimizer = FlatAdam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
-    collector = RolloutCollector(
-        envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, cfg.seed
-    )
     result = TrainResult(run_id=None, final_eval=float("nan"))
     recent: deque[Episode] = deque(maxlen=100)
     plain = to_plain_dict(cfg)
@@ -112,15 +131,11 @@ def train(
             clip = cfg.algo.clip * (mult if cfg.algo.anneal_clip else 1.0)
             optimizer.lr = lr
 
-            episodes = collector.collect()
-            buf = collector.buffer
-            advantages, returns = buf.advantages(cfg.algo.gamma, cfg.algo.gae_lambda)
-            stats = ppo_update(
-                agent, optimizer, Batch.from_rollout(buf, advantages, returns), cfg.algo, clip
-            )
+            episodes, batch = next_batch(collector, cfg.algo)
+            stats = ppo_update(agent, optimizer, batch, cfg.algo, clip)
             if agent.obs_norm is not None:
                 # After the update, so that the rollout and its update saw the same statistics.
-                agent.obs_norm.update(buf.obs.reshape(-1, buf.obs.shape[-1]))
+                agent.obs_norm.update(batch.obs)
 
             step = collector.global_step
             figures.record(update, step, clip, stats)
