@@ -115,12 +115,13 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
     limit: dict[str, Any] = (
         {} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps}
     )
-    if cfg.vectorization is Vectorization.auto and gym.spec(cfg.id).vector_entry_point:
+    spec = gym.spec(cfg.id)
+    if cfg.vectorization is Vectorization.auto and spec.vector_entry_point:
         native = gym.make_vec(cfg.id, num_envs, vectorization_mode="vector_entry_point", **limit)
         if isinstance(native, CartPoleVectorEnv):
             return check_spaces(SameStepCartPole(native), cfg.id)
         native.close()
-    if str(gym.spec(cfg.id).entry_point).startswith("gymnasium.envs.mujoco"):
+    if str(spec.entry_point).startswith("gymnasium.envs.mujoco"):
         _mujoco_warnings_once()
     env_fns = [lambda: gym.make(cfg.id, **limit) for _ in range(num_envs)]
     try:
