@@ -1,24 +1,35 @@
-# The few targets a newcomer needs. Each one sets up .venv first (once, and again when
-# pyproject.toml changes), so `make train` and `make test` work on a fresh machine.
+# The few targets a newcomer needs. Each one sets up .venv first with what it needs (once, and
+# again when pyproject.toml changes), so `make train` and `make test` work on a fresh machine:
+# train and ui install the runtime dependencies only; lint and test add the dev extra and the
+# bench extra (tests/test_bench.py runs SB3); bench adds the bench extra.
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+BENCH := $(VENV)/.installed-bench
 
-.PHONY: install train test lint ui
+.PHONY: install train test lint bench ui
 
-$(STAMP): pyproject.toml
+$(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
-	touch $(STAMP)
 
-install: $(STAMP)
+# pip install -e '.$(EXTRAS)', then the stamp; any extras install the runtime dependencies too.
+$(RUNTIME): EXTRAS :=
+$(DEV): EXTRAS := [dev,bench]
+$(BENCH): EXTRAS := [bench]
+$(RUNTIME) $(DEV) $(BENCH): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.$(EXTRAS)'
+	touch $(sort $@ $(RUNTIME))
+
+# Everything: the dev and bench extras.
+install: $(DEV)
 
 # make train ARGS="algo.clip=0.1 env=acrobot"
-train: $(STAMP)
+train: $(RUNTIME)
 	$(PY) -m ppo1.train $(ARGS)
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
@@ -34,5 +45,9 @@ $(CHROMIUM):
 test: lint $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-ui: $(STAMP)
+# make bench ARGS="env=pendulum --repeats 2"
+bench: $(BENCH)
+	$(PY) -m ppo1.bench $(ARGS)
+
+ui: $(RUNTIME)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

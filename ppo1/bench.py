@@ -38,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ppo1.baseline import sb3_available, sb3_kwargs
 from ppo1.checkpoint import build_agent
 from ppo1.config import (
+    CONF_DIR,
     ConfigError,
     TrackingConfig,
     TrainConfig,
@@ -146,7 +147,7 @@ def machine_info() -> dict[str, str]:
 def compose_config(overrides: Sequence[str]) -> TrainConfig:
     """The config `python -m ppo1.train <overrides>` would train with."""
     register_configs()
-    with initialize_config_dir(str(project_root() / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return to_train_config(compose("train", overrides=list(overrides)))
 
 
@@ -642,7 +643,13 @@ def log_to_mlflow(
     return tracker.run_id
 
 
-def main(argv: Sequence[str] | None = None) -> list[Row]:
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m ppo1.bench` and the `ppo1-bench` script, which exits with what this returns."""
+    run_bench(argv)
+
+
+def run_bench(argv: Sequence[str] | None = None) -> list[Row]:
+    """Measure, print and save the table, log the MLflow run; the rows, for callers in Python."""
     parser = argparse.ArgumentParser(
         prog="python -m ppo1.bench", description=__doc__.split("\n")[0]
     )

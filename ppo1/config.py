@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, NoReturn
 
 import gymnasium as gym
@@ -360,6 +361,12 @@ class TrainConfig:
                 ),
             ]
         )
+
+
+# conf/ by absolute path: Hydra resolves a relative config_path against the module's package
+# when the entrypoint is imported (a console script) rather than run as a file, and conf/ is no
+# package.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def register_configs() -> None:

@@ -12,7 +12,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ppo1.config import exit_with_error, register_configs, to_train_config_or_exit
+from ppo1.config import CONF_DIR, exit_with_error, register_configs, to_train_config_or_exit
 from ppo1.search_space import search_space
 from ppo1.study import open_storage, storage_exists, storage_spec, study_lock
 from ppo1.study_report import report_study
@@ -21,7 +21,7 @@ from ppo1.study_run import open_study_run
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(dict_cfg: DictConfig) -> None:
     cfg = to_train_config_or_exit(dict_cfg)
     if cfg.sweep is None:

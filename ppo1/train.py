@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppo1.checkpoint import build_agent, save_checkpoint
 from ppo1.config import (
+    CONF_DIR,
     AlgoConfig,
     ConfigError,
     TrainConfig,
@@ -199,7 +200,7 @@ def notes(err: BaseException) -> list[str]:
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(dict_cfg: DictConfig) -> float:
     """Hydra entrypoint; the return value is the objective a sweeper optimises."""
     cfg = to_train_config_or_exit(dict_cfg)

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 
-from ppo1.config import TrainConfig, register_configs, to_train_config
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from ppo1.config import CONF_DIR, TrainConfig, register_configs, to_train_config
 
 # A budget small enough for unit-level training runs.
 TINY = ["total_timesteps=512", "eval.episodes=2", "eval.every=1", "verbose=false"]
