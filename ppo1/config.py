@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -276,6 +277,11 @@ class KLPrunerConfig:
         )
 
 
+# A study name names a journal file under mlruns/optuna/ and an MLflow tag value: no folders,
+# no `..`, no quotes that would end an MLflow filter's string.
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 @dataclass
 class SweepConfig:
     """An Optuna study run as a Hydra multirun; filled in by `sweeps/<name>.yaml`."""
@@ -306,7 +312,11 @@ class SweepConfig:
     def __post_init__(self) -> None:
         _raise_if(
             [
-                (not self.study_name, "sweep.study_name must not be empty"),
+                (
+                    not _STUDY_NAME.fullmatch(self.study_name),
+                    f"sweep.study_name={self.study_name!r}: use up to 100 letters, digits, "
+                    f"'.', '_' and '-', starting with a letter or digit",
+                ),
                 (self.n_trials < 1, f"sweep.n_trials must be >= 1, got {self.n_trials}"),
                 (self.n_jobs < 1, f"sweep.n_jobs must be >= 1, got {self.n_jobs}"),
                 (self.seeds < 1, f"sweep.seeds must be >= 1, got {self.seeds}"),

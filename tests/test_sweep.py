@@ -324,3 +324,25 @@ def test_a_trial_with_an_invalid_config_fails_and_the_sweep_goes_on(tmp_path: Pa
             assert f"trial {trial.number}: FAIL, invalid config" in done.stdout
         else:
             assert trial.state is TrialState.COMPLETE
+
+
+def test_a_report_creates_no_run_and_a_quote_in_the_store_path_is_fine(tmp_path: Path) -> None:
+    # A study swept without tracking: its report finds no run, and must not leave one RUNNING.
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "tracking.enabled=false"), tmp_path)
+    report = run(
+        [sys.executable, "-m", "ppo1.sweep_report", *sweep_overrides(tmp_path, "tiny")], tmp_path
+    )
+    assert "the study has no MLflow run in" in report.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+    # A journal whose path holds a quote, which an MLflow filter could not hold: resuming
+    # finds the study's run again.
+    journal = tmp_path / "it's" / "study.journal"
+    quoted = [f'sweep.storage="{journal}"', "sweep.study_name=quoted"]
+    for n in (1, 2):
+        run([*sweep_command(tmp_path, "tiny", f"sweep.n_trials={n}"), *quoted], tmp_path)
+    runs = runs_by_role(tmp_path)
+    (parent,) = runs["study"]
+    assert parent.data.tags["optuna.storage"] == str(journal)
+    assert parent.info.status == "FINISHED" and len(runs["trial"]) == 2

@@ -77,6 +77,12 @@ def test_bad_sweep_values_fail_together() -> None:
         SweepConfig(n_trials=0, seeds=0)
 
 
+@pytest.mark.parametrize("name", ["a/b/c", "../../../elsewhere", "it's", ".hidden", "", "a b"])
+def test_a_study_name_is_a_plain_file_name(name: str) -> None:
+    with pytest.raises(ConfigError, match="sweep.study_name=.*letters, digits"):
+        SweepConfig(study_name=name, params={"algo.clip": "interval(0.1, 0.3)"})
+
+
 def test_end_points_of_a_search_space() -> None:
     space = search_space(
         {
@@ -147,6 +153,11 @@ def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
             ["-m", "sweep=clip_epochs_lr", "sweep.pruner.n_warmup_steps=abc"],
             "error: invalid sweep.pruner: Error in call to target",
         ),
+        (
+            ["-m", "sweep=clip_epochs_lr", "sweep.study_name=../../../elsewhere"],
+            "error: invalid sweep: sweep.study_name='../../../elsewhere': use up to 100",
+        ),
+        (["-m", "sweep=clip_epochs_lr", "sweep.study_name=\"it's\""], "sweep.study_name=\"it's\""),
         (
             ["-m", "sweep=clip_epochs_lr", "sweep.sampler._target_=optuna.samplers.Nope"],
             "error: invalid sweep.sampler: Error locating target 'optuna.samplers.Nope'",
