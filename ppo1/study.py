@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterable, Iterator
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
 from hydra.utils import instantiate
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.config import NOT_LEARNING, SweepConfig, TrainConfig, to_plain_dict
 from ppo1.tracking import flatten, project_root
@@ -71,12 +75,76 @@ def study_lock(spec: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class TrialSeededSampler(BaseSampler):
+    """`sweep.sampler` built afresh for each trial, seeded from its configured seed, the study
+    name and the trial number.
+
+    One seed for the whole sweep would make every sweep process sharing the study, and every
+    resumed run, replay the same sequence of points: three processes on one study drew only
+    three distinct configs in eight trials. Seeded per trial, one process still repeats its
+    sweep exactly, and each trial number draws its own point; what the sampler learns from
+    (TPE's model) is the study's history, which it reads afresh at every trial anyway.
+    """
+
+    def __init__(self, config: dict[str, Any], study_name: str) -> None:
+        self._config = config
+        self._study_name = study_name
+        self._sampler: BaseSampler = instantiate(config)
+
+    def trial_seed(self, number: int) -> int:
+        key = f"{self._config['seed']}/{self._study_name}/{number}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._sampler = instantiate(self._config, seed=self.trial_seed(trial.number))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
+
+
+def build_sampler(sweep: SweepConfig) -> BaseSampler:
+    """`sweep.sampler`, seeded per trial if it has a seed (without one, every process draws
+    its own points anyway)."""
+    if sweep.sampler.get("seed") is None:
+        return instantiate(sweep.sampler)  # type: ignore[no-any-return]
+    return TrialSeededSampler(sweep.sampler, sweep.study_name)
+
+
 def create_study(sweep: SweepConfig, storage: BaseStorage) -> optuna.Study:
     """Create the study, or load it to resume or to join other sweep processes."""
     return optuna.create_study(
         storage=storage,
         study_name=sweep.study_name,
-        sampler=instantiate(sweep.sampler),
+        sampler=build_sampler(sweep),
         direction="maximize",
         load_if_exists=True,
     )

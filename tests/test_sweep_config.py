@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -16,6 +17,7 @@ from ppo1.config import ConfigError, Objective, SweepConfig, register_configs, t
 from ppo1.objectives import area_under_curve, objective_value
 from ppo1.pruning import build_pruner
 from ppo1.search_space import distribution, end_points, overrides, search_space
+from ppo1.study import create_study, open_storage
 from ppo1.study_report import override_value, rerun_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +81,7 @@ def test_bad_sweep_values_fail_together() -> None:
 
 @pytest.mark.parametrize("name", ["a/b/c", "../../../elsewhere", "it's", ".hidden", "", "a b"])
 def test_a_study_name_is_a_plain_file_name(name: str) -> None:
-    with pytest.raises(ConfigError, match="sweep.study_name=.*letters, digits"):
+    with pytest.raises(ConfigError, match=r"sweep.study_name=.*letters, digits"):
         SweepConfig(study_name=name, params={"algo.clip": "interval(0.1, 0.3)"})
 
 
@@ -157,7 +159,7 @@ def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
             ["-m", "sweep=clip_epochs_lr", "sweep.study_name=../../../elsewhere"],
             "error: invalid sweep: sweep.study_name='../../../elsewhere': use up to 100",
         ),
-        (["-m", "sweep=clip_epochs_lr", "sweep.study_name=\"it's\""], "sweep.study_name=\"it's\""),
+        (["-m", "sweep=clip_epochs_lr", 'sweep.study_name="it\'s"'], 'sweep.study_name="it\'s"'),
         (
             ["-m", "sweep=clip_epochs_lr", "sweep.sampler._target_=optuna.samplers.Nope"],
             "error: invalid sweep.sampler: Error locating target 'optuna.samplers.Nope'",
@@ -197,3 +199,28 @@ def test_a_report_on_a_missing_study_creates_no_files(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: no study 'clip_epochs_lr' in {journal}"
     assert list(tmp_path.iterdir()) == []
+
+
+def _asked_points(studies: list[optuna.Study], n: int) -> list[float]:
+    """`n` trials asked round-robin from `studies` (sweep processes sharing one study)."""
+    space = search_space({"algo.clip": "interval(0.1, 0.3)"})
+    return [studies[i % len(studies)].ask(space).params["algo.clip"] for i in range(n)]
+
+
+@pytest.mark.parametrize("sampler", ["RandomSampler", "TPESampler"])
+def test_sweep_processes_sharing_a_study_draw_new_points(tmp_path: Path, sampler: str) -> None:
+    sweep = SweepConfig(
+        study_name="s",
+        params={"algo.clip": "interval(0.1, 0.3)"},
+        sampler={"_target_": f"optuna.samplers.{sampler}", "seed": 0},
+    )
+
+    def processes(journal: str, k: int) -> list[optuna.Study]:
+        return [create_study(sweep, open_storage(str(tmp_path / journal))) for _ in range(k)]
+
+    # Three processes on one study, and a process resuming it: every trial a new point.
+    shared = _asked_points(processes("shared.journal", 3), 6)
+    shared += _asked_points(processes("shared.journal", 1), 2)
+    assert len(set(shared)) == 8
+    # One process alone repeats its sweep exactly, and draws what the three drew together.
+    assert _asked_points(processes("alone.journal", 1), 8) == shared

@@ -22,7 +22,6 @@ from hydra.errors import InstantiationException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
@@ -41,6 +40,7 @@ from ppo1.study import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
+    build_sampler,
     counted_trials,
     create_study,
     open_storage,
@@ -121,7 +121,7 @@ class OptunaSweeper(Sweeper):
         else:
             exit_with_error(f"invalid config: {errors[0]}")
         for key, build in (
-            ("sampler", lambda: instantiate(sweep.sampler)),
+            ("sampler", lambda: build_sampler(sweep)),
             ("pruner", lambda: build_pruner(sweep)),
         ):
             try:
