@@ -17,7 +17,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from ppo1.config import NOT_LEARNING, SweepConfig, TrainConfig, to_plain_dict
+from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_plain_dict
 from ppo1.tracking import flatten, project_root
 
 # Trial user attrs the sweeper writes for its jobs and for resuming.
@@ -42,13 +42,44 @@ def _is_url(spec: str) -> bool:
     return "://" in spec
 
 
+def _open_rdb(url: str) -> RDBStorage:
+    """RDBStorage(url), or one ConfigError naming the bad scheme or the missing driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise ConfigError(f"sweep.storage {url!r} is not a database URL") from None
+    try:
+        return RDBStorage(url)
+    except NoSuchModuleError:
+        scheme = url.split("://", 1)[0]
+        problem = f"no database scheme {scheme!r}; e.g. sqlite:///path/optuna.db, postgresql+psycopg://..."
+    except ImportError as err:
+        # Optuna hides which driver is missing in the chained ModuleNotFoundError.
+        missing = getattr(err.__cause__, "name", None) or "?"
+        problem = f"its database driver, the Python module {missing!r}, is not installed"
+    except SQLAlchemyError as err:
+        problem = " ".join(str(err.orig if hasattr(err, "orig") else err).split())
+    raise ConfigError(f"sweep.storage {shown}: {problem}")
+
+
 def open_storage(spec: str) -> BaseStorage:
-    """An RDB URL, or a journal file path: Optuna's multi-process store on one machine."""
+    """An RDB URL, or a journal file path: Optuna's multi-process store on one machine.
+
+    A store that cannot be opened or written raises one ConfigError, before any trial."""
     if _is_url(spec):
-        return RDBStorage(spec)
+        return _open_rdb(spec)
     path = Path(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as err:
+        raise ConfigError(
+            f"sweep.storage {spec}: cannot write the journal there ({err.strerror}); "
+            f"name a writable file: sweep.storage=PATH"
+        ) from None
 
 
 def storage_exists(spec: str) -> bool:
@@ -164,11 +195,7 @@ def value_settings(job_cfg: TrainConfig, params: Iterable[str]) -> dict[str, str
 
 
 def settings_mismatch(study: optuna.Study, settings: dict[str, str]) -> str | None:
-    """Record `settings` on the study; if it recorded other values before, say which differ.
-
-    Settings a study did not record (it predates them) take this command's values: nothing
-    tells what its trials had.
-    """
+    """If the study recorded other values of `settings` before, say which differ."""
     recorded = study.user_attrs.get(SETTINGS_ATTR) or {}
     differing = [k for k in settings if k in recorded and str(recorded[k]) != settings[k]]
     if differing:
@@ -178,9 +205,18 @@ def settings_mismatch(study: optuna.Study, settings: dict[str, str]) -> str | No
             f"study '{study.study_name}' ran its trials with {was}; this command has {now}, so "
             f"their values would not compare. Name a new study: sweep.study_name=..."
         )
+    return None
+
+
+def record_settings(study: optuna.Study, settings: dict[str, str]) -> None:
+    """Record `settings` on the study, which settings_mismatch found consistent.
+
+    Settings a study did not record (it predates them) take this command's values: nothing
+    tells what its trials had.
+    """
+    recorded = study.user_attrs.get(SETTINGS_ATTR) or {}
     if settings.keys() - recorded.keys():
         study.set_user_attr(SETTINGS_ATTR, {**recorded, **settings})
-    return None
 
 
 def counted_trials(study: optuna.Study) -> int:

@@ -35,6 +35,8 @@ def main(dict_cfg: DictConfig) -> None:
         study = optuna.load_study(study_name=cfg.sweep.study_name, storage=open_storage(spec))
     except KeyError:
         exit_with_error(missing)
+    except ConfigError as err:
+        exit_with_error(f"invalid sweep: {err}")
     try:
         parent = find_study_run(cfg.tracking, cfg.sweep, spec)
     except ConfigError as err:

@@ -356,3 +356,19 @@ def test_a_report_creates_no_run_and_a_quote_in_the_store_path_is_fine(tmp_path:
     (parent,) = runs["study"]
     assert parent.data.tags["optuna.storage"] == str(journal)
     assert parent.info.status == "FINISHED" and len(runs["trial"]) == 2
+
+
+def test_a_sweep_that_cannot_track_records_no_settings(tmp_path: Path) -> None:
+    # A tracking store in a folder that does not exist: refused before any trial...
+    bad = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "total_timesteps=2048")
+    bad = [a for a in bad if not a.startswith("tracking.uri=")]
+    bad.append(f"tracking.uri=sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    done = subprocess.run(bad, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: invalid config: tracking.uri")
+    assert SETTINGS_ATTR not in load_study(tmp_path, "tiny").user_attrs
+    # ... and its settings do not bind the corrected command, which differs in more than that.
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
+    study = load_study(tmp_path, "tiny")
+    assert study.user_attrs[SETTINGS_ATTR]["total_timesteps"] == "1024"
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]

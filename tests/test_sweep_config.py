@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,53 @@ def test_sweep_processes_sharing_a_study_draw_new_points(tmp_path: Path, sampler
     assert len(set(shared)) == 8
     # One process alone repeats its sweep exactly, and draws what the three drew together.
     assert _asked_points(processes("alone.journal", 1), 8) == shared
+
+
+def sweep_exits(args: list[str], env: dict[str, str] | None = None) -> str:
+    """A sweep's one `error: ...` line, which it must end with, exit 2, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ppo1.train", "-m", "sweep=clip_epochs_lr", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("foo://bar", "sweep.storage foo://bar: no database scheme 'foo'"),
+        (
+            "postgresql://me:secret@localhost/db",
+            "sweep.storage postgresql://me:***@localhost/db: its database driver, the Python "
+            "module 'psycopg', is not installed",
+        ),
+    ],
+)
+def test_a_bad_storage_url_is_named_in_one_line(storage: str, message: str) -> None:
+    assert message in sweep_exits([f"sweep.storage={storage}", "tracking.enabled=false"])
+
+
+def test_a_read_only_mlruns_stops_the_sweep_before_any_trial(tmp_path: Path) -> None:
+    mlruns = tmp_path / "mlruns"
+    mlruns.mkdir()
+    mounted = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(mlruns), str(mlruns)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a read-only bind mount needs root: {mounted.stderr.strip()}")
+    try:
+        env = {**os.environ, "PPO1_HOME": str(tmp_path)}
+        line = sweep_exits(["tracking.enabled=false"], env)
+    finally:
+        subprocess.run(["umount", str(mlruns)], check=True)
+    journal = mlruns / "optuna" / "clip_epochs_lr.journal"
+    assert line == (
+        f"error: invalid sweep: sweep.storage {journal}: cannot write the journal there "
+        "(Read-only file system); name a writable file: sweep.storage=PATH"
+    )

@@ -44,6 +44,7 @@ from ppo1.study import (
     counted_trials,
     create_study,
     open_storage,
+    record_settings,
     settings_mismatch,
     storage_spec,
     study_lock,
@@ -139,7 +140,10 @@ class OptunaSweeper(Sweeper):
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
         spec = storage_spec(sweep)
-        study = create_study(sweep, open_storage(spec))
+        try:
+            study = create_study(sweep, open_storage(spec))
+        except ConfigError as err:
+            exit_with_error(f"invalid sweep: {err}")
         with study_lock(spec):
             settings = value_settings(job_cfg, space)
             if mismatch := settings_mismatch(study, settings):
@@ -148,6 +152,9 @@ class OptunaSweeper(Sweeper):
                 parent = open_study_run(tracking, sweep, spec)
             except ConfigError as err:
                 exit_with_error(f"invalid config: {err}")
+            # Only now that a trial can start: settings recorded by a command that could not
+            # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
+            record_settings(study, settings)
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
         with sigterm_as_interrupt():
             try:
