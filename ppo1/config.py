@@ -306,6 +306,11 @@ class SweepConfig:
     pruner: dict[str, Any] | None = None
     # The KL rule, checked before `pruner`; null: no KL pruning.
     kl: KLPrunerConfig | None = None
+    # A sweep process writes the time on its running trials every heartbeat_s seconds; a
+    # RUNNING trial silent for grace_s (its process was killed, its machine lost) is failed
+    # by the next sweep process on the study, which runs its slot again.
+    heartbeat_s: float = 30.0
+    grace_s: float = 120.0
     # Set by the sweeper for each job it launches: the number of the trial the job runs.
     trial: int | None = None
 
@@ -320,6 +325,12 @@ class SweepConfig:
                 (self.n_trials < 1, f"sweep.n_trials must be >= 1, got {self.n_trials}"),
                 (self.n_jobs < 1, f"sweep.n_jobs must be >= 1, got {self.n_jobs}"),
                 (self.seeds < 1, f"sweep.seeds must be >= 1, got {self.seeds}"),
+                (self.heartbeat_s <= 0, f"sweep.heartbeat_s must be > 0, got {self.heartbeat_s}"),
+                (
+                    self.grace_s <= self.heartbeat_s,
+                    f"sweep.grace_s={self.grace_s} must be longer than sweep.heartbeat_s="
+                    f"{self.heartbeat_s}, or live trials would be failed as stale",
+                ),
                 (not self.params, "sweep.params is empty: name at least one key to search"),
             ]
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,8 @@ from ppo1.tracking import flatten, project_root
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 INTERRUPTED_ATTR = "interrupted"
 FAIL_REASON_ATTR = "fail_reason"
+# When the sweep process running the trial last showed it was alive (time.time()).
+HEARTBEAT_ATTR = "heartbeat"
 # The job's whole config, as it trained: what the best trial's re-run command reproduces.
 CONFIG_ATTR = "config"
 # Study user attr: the settings its trial values were measured under (see value_settings).
@@ -220,11 +224,64 @@ def record_settings(study: optuna.Study, settings: dict[str, str]) -> None:
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that count toward n_trials: all but those an interrupted sweep gave back."""
+    """Trials that count toward n_trials: finished or running, but not those given back by an
+    interrupted sweep or failed as stale, whose slots run again."""
     return sum(
-        not (t.state is TrialState.FAIL and t.user_attrs.get(INTERRUPTED_ATTR))
+        t.state is not TrialState.WAITING
+        and not (t.state is TrialState.FAIL and t.user_attrs.get(INTERRUPTED_ATTR))
         for t in study.get_trials(deepcopy=False)
     )
+
+
+def beat(trial: optuna.Trial) -> None:
+    """Record that the trial's sweep process is alive now."""
+    trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+
+
+@contextmanager
+def heartbeat(trials: list[optuna.Trial], interval_s: float) -> Iterator[None]:
+    """Beat for `trials` every `interval_s` seconds, in a thread, while the block runs (the
+    training of their jobs holds the main thread)."""
+    stop = threading.Event()
+
+    def beat_all() -> None:
+        while not stop.wait(interval_s):
+            for trial in trials:
+                beat(trial)
+
+    thread = threading.Thread(target=beat_all, name="ppo1-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _last_beat(trial: FrozenTrial) -> float:
+    """When the trial's process last beat; its start, for a trial from before heartbeats."""
+    assert trial.datetime_start is not None  # a RUNNING trial has started
+    return float(trial.user_attrs.get(HEARTBEAT_ATTR, trial.datetime_start.timestamp()))
+
+
+def fail_stale_trials(study: optuna.Study, grace_s: float) -> list[FrozenTrial]:
+    """FAIL the RUNNING trials without a heartbeat for `grace_s` seconds, as given back: their
+    sweep process died (kill -9, a lost machine) and nothing else would ever end them.
+
+    Optuna's own heartbeat covers RDB storages only; this one works on journal files too.
+    Call it under the study lock, so that two processes do not both fail one trial.
+    """
+    now = time.time()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in running if now - _last_beat(t) > grace_s]
+    storage = study._storage
+    for trial in stale:
+        silent = now - _last_beat(trial)
+        reason = f"stale: no heartbeat from its sweep process for {silent:.0f} s"
+        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return [storage.get_trial(t._trial_id) for t in stale]
 
 
 def find_trial(study: optuna.Study, storage: BaseStorage, number: int) -> optuna.Trial:

@@ -11,7 +11,7 @@ from ppo1.tracking import open_client, tracking_uri
 
 
 def _filter(tags: dict[str, str]) -> str:
-    """Tags equal to values that hold no quote: a validated study name, a role."""
+    """Tags equal to values that hold no quote: a validated study name, a role, a run id."""
     return " and ".join(f"tags.\"{k}\" = '{v}'" for k, v in tags.items())
 
 
@@ -63,3 +63,23 @@ def open_study_run(
     tags = {**_study_tags(sweep), "optuna.storage": storage}
     run = client.create_run(experiment_id, run_name=f"{sweep.study_name}-study", tags=tags)
     return client, run.info.run_id
+
+
+def end_stale_runs(parent: tuple[MlflowClient, str], number: int, reason: str) -> None:
+    """End FAILED, tagged with `reason`, the runs of stale trial `number` still RUNNING: its
+    run under the study's and the seed runs under that. Their sweep process died (kill -9)
+    before it could end them, and nothing else would."""
+    client, parent_id = parent
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    trial_tags = {
+        "ppo1.role": "trial",
+        "mlflow.parentRunId": parent_id,
+        "optuna.trial_number": str(number),
+    }
+    for trial_run in client.search_runs([experiment_id], _filter(trial_tags)):
+        client.set_tag(trial_run.info.run_id, "optuna.state", "FAIL")
+        seeds = _filter({"mlflow.parentRunId": trial_run.info.run_id})
+        for run in [trial_run, *client.search_runs([experiment_id], seeds)]:
+            if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+                client.set_tag(run.info.run_id, "ppo1.error", reason)
+                client.set_terminated(run.info.run_id, "FAILED")

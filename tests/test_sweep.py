@@ -6,11 +6,13 @@ tests/conf/sweep, an Optuna journal file and an MLflow SQLite store in a tempora
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -372,3 +374,74 @@ def test_a_sweep_that_cannot_track_records_no_settings(tmp_path: Path) -> None:
     study = load_study(tmp_path, "tiny")
     assert study.user_attrs[SETTINGS_ATTR]["total_timesteps"] == "1024"
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+
+def training(tmp_path: Path, name: str) -> Callable[[], bool]:
+    """Whether a trial of study `name` is RUNNING and has reported an update (so its trial
+    and seed runs exist)."""
+
+    def condition() -> bool:
+        if not (tmp_path / "study.journal").exists():
+            return False
+        return any(
+            t.state is TrialState.RUNNING and KL_ATTR in t.user_attrs
+            for t in load_study(tmp_path, name).trials
+        )
+
+    return condition
+
+
+def status_of_runs(tmp_path: Path) -> dict[str, set[str]]:
+    return {role: {r.info.status for r in runs} for role, runs in runs_by_role(tmp_path).items()}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stopped_sweep_gives_its_trial_back(tmp_path: Path, signum: signal.Signals) -> None:
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", SLOW_TRIALS)
+    sweep = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(training(tmp_path, "tiny"), timeout=120, process=sweep)
+        sweep.send_signal(signum)
+        _, stderr = sweep.communicate(timeout=60)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    study = load_study(tmp_path, "tiny")
+    (trial,) = study.trials
+    assert trial.state is TrialState.FAIL and trial.user_attrs[INTERRUPTED_ATTR]
+    assert counted_trials(study) == 0
+    statuses = status_of_runs(tmp_path)
+    assert statuses["study"] == statuses["trial"] == statuses["seed"] == {"KILLED"}
+
+
+def test_a_killed_sweep_process_is_found_out_and_its_slot_run_again(tmp_path: Path) -> None:
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "sweep.grace_s=3", SLOW_TRIALS)
+    # Its own process group, killed whole as a closed terminal or the OOM killer would.
+    sweep = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_until(training(tmp_path, "tiny"), timeout=120, process=sweep)
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait(timeout=30)
+    finally:
+        sweep.kill()
+    assert status_of_runs(tmp_path)["trial"] == {"RUNNING"}
+
+    done = run(command, tmp_path)
+    study = load_study(tmp_path, "tiny")
+    stale = [t for t in study.trials if t.state is TrialState.FAIL]
+    assert len(stale) == 1 and stale[0].user_attrs[INTERRUPTED_ATTR]
+    reason = stale[0].user_attrs[FAIL_REASON_ATTR]
+    assert reason.startswith("stale: no heartbeat from its sweep process for ")
+    assert f"trial {stale[0].number}: FAIL, {reason}; its slot runs again" in done.stdout
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == counted_trials(study) == 1
+    runs = runs_by_role(tmp_path)
+    assert {r.info.status for r in runs["study"]} == {"FINISHED"}
+    for r in runs["trial"] + runs["seed"]:
+        number = int(r.data.tags["optuna.trial_number"])
+        if number == stale[0].number:
+            assert r.info.status == "FAILED"
+            assert r.data.tags["ppo1.error"] == f"the sweep process died ({reason})"
+        else:
+            assert r.info.status == "FINISHED"

@@ -10,6 +10,7 @@ works and several sweep processes can share one study. Hydra loads plugins only 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,9 +41,12 @@ from ppo1.study import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
+    beat,
     build_sampler,
     counted_trials,
     create_study,
+    fail_stale_trials,
+    heartbeat,
     open_storage,
     record_settings,
     settings_mismatch,
@@ -188,15 +192,22 @@ class OptunaSweeper(Sweeper):
         fixed: list[str],
         parent: "tuple[MlflowClient, str] | None",
     ) -> list[JobReturn]:
-        """Ask, launch and tell batches until the study has n_trials."""
+        """Ask, launch and tell batches until the study has n_trials, all finished."""
         returns: list[JobReturn] = []
-        while trials := self._ask(study, sweep, space, spec, parent):
+        while True:
+            trials = self._ask(study, sweep, space, spec, parent)
+            if not trials:
+                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    return returns
+                # Other processes' trials fill the study: wait until they finish, or go
+                # stale (their process died), when this process runs their slots again.
+                time.sleep(sweep.heartbeat_s)
+                continue
             try:
-                returns += self._run(study, trials, fixed, len(returns))
+                returns += self._run(study, trials, fixed, len(returns), sweep.heartbeat_s)
             except BaseException:
                 _give_back(study, trials)
                 raise
-        return returns
 
     def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
         """Command-line overrides: plain ones go to every job, sweeps join the search space."""
@@ -219,17 +230,25 @@ class OptunaSweeper(Sweeper):
         spec: str,
         parent: "tuple[MlflowClient, str] | None",
     ) -> list[optuna.Trial]:
-        """The next batch: up to n_jobs trials, never past n_trials counting every process's."""
+        """The next batch: up to n_jobs trials, never past n_trials counting every process's,
+        once stale trials have been failed to free their slots."""
         with study_lock(spec):
+            _fail_stale(study, sweep.grace_s, parent)
             count = min(sweep.n_jobs, sweep.n_trials - counted_trials(study))
             trials = [study.ask(space) for _ in range(max(count, 0))]
-            if parent is not None:  # where the job's MLflow run nests
-                for trial in trials:
+            for trial in trials:
+                beat(trial)
+                if parent is not None:  # where the job's MLflow run nests
                     trial.set_user_attr(PARENT_RUN_ATTR, parent[1])
         return trials
 
     def _run(
-        self, study: optuna.Study, trials: list[optuna.Trial], fixed: list[str], job_idx: int
+        self,
+        study: optuna.Study,
+        trials: list[optuna.Trial],
+        fixed: list[str],
+        job_idx: int,
+        heartbeat_s: float,
     ) -> list[JobReturn]:
         """Launch the trials that compose to a valid config; tell every trial its end."""
         assert self.launcher is not None
@@ -247,7 +266,8 @@ class OptunaSweeper(Sweeper):
             batch.append(job)
         if not batch:
             return []
-        results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
+        with heartbeat(launched, heartbeat_s):
+            results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
@@ -257,6 +277,19 @@ def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
     """End the study's MLflow run, if tracking: FINISHED, FAILED or KILLED."""
     if parent is not None:
         parent[0].set_terminated(parent[1], status)
+
+
+def _fail_stale(
+    study: optuna.Study, grace_s: float, parent: "tuple[MlflowClient, str] | None"
+) -> None:
+    """Fail the study's stale trials and end their MLflow runs FAILED, saying why."""
+    for trial in fail_stale_trials(study, grace_s):
+        reason = trial.user_attrs[FAIL_REASON_ATTR]
+        print(f"trial {trial.number}: FAIL, {reason}; its slot runs again", flush=True)
+        if parent is not None:
+            from ppo1.study_run import end_stale_runs  # imports mlflow: only when tracking
+
+            end_stale_runs(parent, trial.number, f"the sweep process died ({reason})")
 
 
 def _give_back(study: optuna.Study, trials: list[optuna.Trial]) -> None:
