@@ -7,13 +7,14 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.utils import instantiate
 from optuna.distributions import BaseDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -247,7 +248,10 @@ def heartbeat(trials: list[optuna.Trial], interval_s: float) -> Iterator[None]:
     def beat_all() -> None:
         while not stop.wait(interval_s):
             for trial in trials:
-                beat(trial)
+                # Failed as stale by another process while this one was stopped (Ctrl-Z, a
+                # sleeping laptop): the sweeper drops its result when it tells it.
+                with suppress(UpdateFinishedTrialError):
+                    beat(trial)
 
     thread = threading.Thread(target=beat_all, name="ppo1-heartbeat", daemon=True)
     thread.start()
@@ -275,13 +279,18 @@ def fail_stale_trials(study: optuna.Study, grace_s: float) -> list[FrozenTrial]:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     stale = [t for t in running if now - _last_beat(t) > grace_s]
     storage = study._storage
+    failed = []
     for trial in stale:
         silent = now - _last_beat(trial)
         reason = f"stale: no heartbeat from its sweep process for {silent:.0f} s"
-        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    return [storage.get_trial(t._trial_id) for t in stale]
+        try:
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # it ended meanwhile (an RDB storage has no study lock)
+        failed.append(storage.get_trial(trial._trial_id))
+    return failed
 
 
 def find_trial(study: optuna.Study, storage: BaseStorage, number: int) -> optuna.Trial:

@@ -445,3 +445,23 @@ def test_a_killed_sweep_process_is_found_out_and_its_slot_run_again(tmp_path: Pa
             assert r.data.tags["ppo1.error"] == f"the sweep process died ({reason})"
         else:
             assert r.info.status == "FINISHED"
+
+
+def test_a_stopped_sweep_process_resumed_after_its_trial_went_stale(tmp_path: Path) -> None:
+    # A sweep process stopped past the grace period (Ctrl-Z, a sleeping laptop) while another
+    # runs the study: the other fails its trial as stale and fills the study.
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=2", "sweep.grace_s=3", SLOW_TRIALS)
+    stopped = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until(training(tmp_path, "tiny"), timeout=120, process=stopped)
+        stopped.send_signal(signal.SIGSTOP)
+        run(command, tmp_path)
+        stopped.send_signal(signal.SIGCONT)
+        stdout, _ = stopped.communicate(timeout=120)
+    finally:
+        stopped.kill()
+    # Woken, it drops its trial's result, which would count a third trial, and ends cleanly.
+    assert stopped.returncode == 0
+    assert "dropped, another sweep process had failed the trial as stale" in stdout
+    states = sorted(t.state.name for t in load_study(tmp_path, "tiny").trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]

@@ -307,11 +307,32 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
     # `result.return_value` would re-raise a job's exception after printing every override.
     outcome = result._return_value
     if result.status is JobStatus.COMPLETED:
-        study.tell(trial, float(outcome))
-        return f"COMPLETE, objective {float(outcome):.2f}"
+        return _told(study, trial, f"COMPLETE, objective {float(outcome):.2f}", float(outcome))
     if isinstance(outcome, optuna.TrialPruned):
-        study.tell(trial, state=TrialState.PRUNED)
-        return f"PRUNED, {trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)}"
-    trial.set_user_attr(FAIL_REASON_ATTR, f"{type(outcome).__name__}: {outcome}")
-    study.tell(trial, state=TrialState.FAIL)
-    return f"FAIL, {type(outcome).__name__}: {outcome}"
+        reason = trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)
+        return _told(study, trial, f"PRUNED, {reason}", state=TrialState.PRUNED)
+    reason = f"{type(outcome).__name__}: {outcome}"
+    return _told(study, trial, f"FAIL, {reason}", state=TrialState.FAIL, fail_reason=reason)
+
+
+def _stale(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether another process failed the trial as stale while this one was stopped past the
+    grace period (Ctrl-Z, a sleeping laptop) and has run its slot again."""
+    return bool(study._storage.get_trial(trial._trial_id).user_attrs.get(INTERRUPTED_ATTR))
+
+
+def _told(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    summary: str,
+    value: float | None = None,
+    state: TrialState | None = None,
+    fail_reason: str | None = None,
+) -> str:
+    """Tell the trial its end, unless it was failed as stale meanwhile: that end stays."""
+    if _stale(study, trial):
+        return f"{summary}; dropped, another sweep process had failed the trial as stale"
+    if fail_reason is not None:
+        trial.set_user_attr(FAIL_REASON_ATTR, fail_reason)
+    study.tell(trial, value, state=state)
+    return summary
