@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -277,6 +278,11 @@ class KLPrunerConfig:
         )
 
 
+# A study name names a journal file under mlruns/optuna/ and an MLflow tag value: no folders,
+# no `..`, no quotes that would end an MLflow filter's string.
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 @dataclass
 class SweepConfig:
     """An Optuna study run as a Hydra multirun; filled in by `sweeps/<name>.yaml`."""
@@ -301,16 +307,31 @@ class SweepConfig:
     pruner: dict[str, Any] | None = None
     # The KL rule, checked before `pruner`; null: no KL pruning.
     kl: KLPrunerConfig | None = None
+    # A sweep process writes the time on its running trials every heartbeat_s seconds; a
+    # RUNNING trial silent for grace_s (its process was killed, its machine lost) is failed
+    # by the next sweep process on the study, which runs its slot again.
+    heartbeat_s: float = 30.0
+    grace_s: float = 120.0
     # Set by the sweeper for each job it launches: the number of the trial the job runs.
     trial: int | None = None
 
     def __post_init__(self) -> None:
         _raise_if(
             [
-                (not self.study_name, "sweep.study_name must not be empty"),
+                (
+                    not _STUDY_NAME.fullmatch(self.study_name),
+                    f"sweep.study_name={self.study_name!r}: use up to 100 letters, digits, "
+                    f"'.', '_' and '-', starting with a letter or digit",
+                ),
                 (self.n_trials < 1, f"sweep.n_trials must be >= 1, got {self.n_trials}"),
                 (self.n_jobs < 1, f"sweep.n_jobs must be >= 1, got {self.n_jobs}"),
                 (self.seeds < 1, f"sweep.seeds must be >= 1, got {self.seeds}"),
+                (self.heartbeat_s <= 0, f"sweep.heartbeat_s must be > 0, got {self.heartbeat_s}"),
+                (
+                    self.grace_s <= self.heartbeat_s,
+                    f"sweep.grace_s={self.grace_s} must be longer than sweep.heartbeat_s="
+                    f"{self.heartbeat_s}, or live trials would be failed as stale",
+                ),
                 (not self.params, "sweep.params is empty: name at least one key to search"),
             ]
         )

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import hashlib
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import optuna
 from hydra.utils import instantiate
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from ppo1.config import NOT_LEARNING, SweepConfig, TrainConfig, to_plain_dict
+from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_plain_dict
 from ppo1.tracking import flatten, project_root
 
 # Trial user attrs the sweeper writes for its jobs and for resuming.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 INTERRUPTED_ATTR = "interrupted"
 FAIL_REASON_ATTR = "fail_reason"
+# When the sweep process running the trial last showed it was alive (time.time()).
+HEARTBEAT_ATTR = "heartbeat"
 # The job's whole config, as it trained: what the best trial's re-run command reproduces.
 CONFIG_ATTR = "config"
 # Study user attr: the settings its trial values were measured under (see value_settings).
@@ -38,13 +47,44 @@ def _is_url(spec: str) -> bool:
     return "://" in spec
 
 
+def _open_rdb(url: str) -> RDBStorage:
+    """RDBStorage(url), or one ConfigError naming the bad scheme or the missing driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise ConfigError(f"sweep.storage {url!r} is not a database URL") from None
+    try:
+        return RDBStorage(url)
+    except NoSuchModuleError:
+        scheme = url.split("://", 1)[0]
+        problem = f"no database scheme {scheme!r}; e.g. sqlite:///path/optuna.db, postgresql+psycopg://..."
+    except ImportError as err:
+        # Optuna hides which driver is missing in the chained ModuleNotFoundError.
+        missing = getattr(err.__cause__, "name", None) or "?"
+        problem = f"its database driver, the Python module {missing!r}, is not installed"
+    except SQLAlchemyError as err:
+        problem = " ".join(str(err.orig if hasattr(err, "orig") else err).split())
+    raise ConfigError(f"sweep.storage {shown}: {problem}")
+
+
 def open_storage(spec: str) -> BaseStorage:
-    """An RDB URL, or a journal file path: Optuna's multi-process store on one machine."""
+    """An RDB URL, or a journal file path: Optuna's multi-process store on one machine.
+
+    A store that cannot be opened or written raises one ConfigError, before any trial."""
     if _is_url(spec):
-        return RDBStorage(spec)
+        return _open_rdb(spec)
     path = Path(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as err:
+        raise ConfigError(
+            f"sweep.storage {spec}: cannot write the journal there ({err.strerror}); "
+            f"name a writable file: sweep.storage=PATH"
+        ) from None
 
 
 def storage_exists(spec: str) -> bool:
@@ -71,12 +111,76 @@ def study_lock(spec: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class TrialSeededSampler(BaseSampler):
+    """`sweep.sampler` built afresh for each trial, seeded from its configured seed, the study
+    name and the trial number.
+
+    One seed for the whole sweep would make every sweep process sharing the study, and every
+    resumed run, replay the same sequence of points: three processes on one study drew only
+    three distinct configs in eight trials. Seeded per trial, one process still repeats its
+    sweep exactly, and each trial number draws its own point; what the sampler learns from
+    (TPE's model) is the study's history, which it reads afresh at every trial anyway.
+    """
+
+    def __init__(self, config: dict[str, Any], study_name: str) -> None:
+        self._config = config
+        self._study_name = study_name
+        self._sampler: BaseSampler = instantiate(config)
+
+    def trial_seed(self, number: int) -> int:
+        key = f"{self._config['seed']}/{self._study_name}/{number}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._sampler = instantiate(self._config, seed=self.trial_seed(trial.number))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
+
+
+def build_sampler(sweep: SweepConfig) -> BaseSampler:
+    """`sweep.sampler`, seeded per trial if it has a seed (without one, every process draws
+    its own points anyway)."""
+    if sweep.sampler.get("seed") is None:
+        return instantiate(sweep.sampler)  # type: ignore[no-any-return]
+    return TrialSeededSampler(sweep.sampler, sweep.study_name)
+
+
 def create_study(sweep: SweepConfig, storage: BaseStorage) -> optuna.Study:
     """Create the study, or load it to resume or to join other sweep processes."""
     return optuna.create_study(
         storage=storage,
         study_name=sweep.study_name,
-        sampler=instantiate(sweep.sampler),
+        sampler=build_sampler(sweep),
         direction="maximize",
         load_if_exists=True,
     )
@@ -96,11 +200,7 @@ def value_settings(job_cfg: TrainConfig, params: Iterable[str]) -> dict[str, str
 
 
 def settings_mismatch(study: optuna.Study, settings: dict[str, str]) -> str | None:
-    """Record `settings` on the study; if it recorded other values before, say which differ.
-
-    Settings a study did not record (it predates them) take this command's values: nothing
-    tells what its trials had.
-    """
+    """If the study recorded other values of `settings` before, say which differ."""
     recorded = study.user_attrs.get(SETTINGS_ATTR) or {}
     differing = [k for k in settings if k in recorded and str(recorded[k]) != settings[k]]
     if differing:
@@ -110,17 +210,87 @@ def settings_mismatch(study: optuna.Study, settings: dict[str, str]) -> str | No
             f"study '{study.study_name}' ran its trials with {was}; this command has {now}, so "
             f"their values would not compare. Name a new study: sweep.study_name=..."
         )
-    if settings.keys() - recorded.keys():
-        study.set_user_attr(SETTINGS_ATTR, {**recorded, **settings})
     return None
 
 
+def record_settings(study: optuna.Study, settings: dict[str, str]) -> None:
+    """Record `settings` on the study, which settings_mismatch found consistent.
+
+    Settings a study did not record (it predates them) take this command's values: nothing
+    tells what its trials had.
+    """
+    recorded = study.user_attrs.get(SETTINGS_ATTR) or {}
+    if settings.keys() - recorded.keys():
+        study.set_user_attr(SETTINGS_ATTR, {**recorded, **settings})
+
+
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that count toward n_trials: all but those an interrupted sweep gave back."""
+    """Trials that count toward n_trials: finished or running, but not those given back by an
+    interrupted sweep or failed as stale, whose slots run again."""
     return sum(
-        not (t.state is TrialState.FAIL and t.user_attrs.get(INTERRUPTED_ATTR))
+        t.state is not TrialState.WAITING
+        and not (t.state is TrialState.FAIL and t.user_attrs.get(INTERRUPTED_ATTR))
         for t in study.get_trials(deepcopy=False)
     )
+
+
+def beat(trial: optuna.Trial) -> None:
+    """Record that the trial's sweep process is alive now."""
+    trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+
+
+@contextmanager
+def heartbeat(trials: list[optuna.Trial], interval_s: float) -> Iterator[None]:
+    """Beat for `trials` every `interval_s` seconds, in a thread, while the block runs (the
+    training of their jobs holds the main thread)."""
+    stop = threading.Event()
+
+    def beat_all() -> None:
+        while not stop.wait(interval_s):
+            for trial in trials:
+                # Failed as stale by another process while this one was stopped (Ctrl-Z, a
+                # sleeping laptop): the sweeper drops its result when it tells it.
+                with suppress(UpdateFinishedTrialError):
+                    beat(trial)
+
+    thread = threading.Thread(target=beat_all, name="ppo1-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _last_beat(trial: FrozenTrial) -> float:
+    """When the trial's process last beat; its start, for a trial from before heartbeats."""
+    assert trial.datetime_start is not None  # a RUNNING trial has started
+    return float(trial.user_attrs.get(HEARTBEAT_ATTR, trial.datetime_start.timestamp()))
+
+
+def fail_stale_trials(study: optuna.Study, grace_s: float) -> list[FrozenTrial]:
+    """FAIL the RUNNING trials without a heartbeat for `grace_s` seconds, as given back: their
+    sweep process died (kill -9, a lost machine) and nothing else would ever end them.
+
+    Optuna's own heartbeat covers RDB storages only; this one works on journal files too.
+    Call it under the study lock, so that two processes do not both fail one trial.
+    """
+    now = time.time()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in running if now - _last_beat(t) > grace_s]
+    storage = study._storage
+    failed = []
+    for trial in stale:
+        silent = now - _last_beat(trial)
+        reason = f"stale: no heartbeat from its sweep process for {silent:.0f} s"
+        try:
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # it ended meanwhile (an RDB storage has no study lock)
+        failed.append(storage.get_trial(trial._trial_id))
+    return failed
 
 
 def find_trial(study: optuna.Study, storage: BaseStorage, number: int) -> optuna.Trial:

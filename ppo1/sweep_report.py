@@ -12,11 +12,18 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ppo1.config import CONF_DIR, exit_with_error, register_configs, to_train_config_or_exit
+from ppo1.config import (
+    CONF_DIR,
+    ConfigError,
+    exit_with_error,
+    register_configs,
+    to_train_config_or_exit,
+)
 from ppo1.search_space import search_space
-from ppo1.study import open_storage, storage_exists, storage_spec, study_lock
+from ppo1.study import open_storage, storage_exists, storage_spec
 from ppo1.study_report import report_study
-from ppo1.study_run import open_study_run
+from ppo1.study_run import find_study_run
+from ppo1.tracking import tracking_uri
 
 register_configs()
 
@@ -34,8 +41,14 @@ def main(dict_cfg: DictConfig) -> None:
         study = optuna.load_study(study_name=cfg.sweep.study_name, storage=open_storage(spec))
     except KeyError:
         exit_with_error(missing)
-    with study_lock(spec):
-        parent = open_study_run(cfg.tracking, cfg.sweep, spec, reopen=False)
+    except ConfigError as err:
+        exit_with_error(f"invalid sweep: {err}")
+    try:
+        parent = find_study_run(cfg.tracking, cfg.sweep, spec)
+    except ConfigError as err:
+        exit_with_error(f"invalid config: {err}")
+    if parent is None and cfg.tracking.enabled:
+        print(f"the study has no MLflow run in {tracking_uri(cfg.tracking)}: nothing logged")
     given = HydraConfig.get().overrides
     # Hydra's own overrides too: hydra.searchpath may be where the sweep's file was found.
     hydra_overrides = list(given.hydra)

@@ -136,15 +136,19 @@ def _signal_handlers(
             signal.signal(signum, restored)
 
 
+# The signals that stop a run as Ctrl-C does: the run ends KILLED, a sweep gives its trials back.
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C or SIGTERM that arrives inside the block until it ends.
+    """Hold a Ctrl-C, SIGTERM or SIGHUP that arrives inside the block until it ends.
 
     Used around `create_run`: interrupted after the store wrote the run but before it
     returned, we would never learn the run's id to mark it KILLED.
     """
     caught: list[int] = []
-    with _signal_handlers((signal.SIGINT, signal.SIGTERM), lambda signum, _: caught.append(signum)):
+    with _signal_handlers(_STOPS, lambda signum, _: caught.append(signum)):
         yield
     if caught:
         raise KeyboardInterrupt
@@ -152,16 +156,17 @@ def _interrupts_deferred() -> Iterator[None]:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM inside the block raises KeyboardInterrupt, as Ctrl-C does.
+    """SIGTERM or SIGHUP inside the block raises KeyboardInterrupt, as Ctrl-C does.
 
-    A cluster scheduler or `kill` stops a job with SIGTERM, whose default action ends the
-    process on the spot: its run would stay RUNNING, its buffered metrics unwritten.
+    A cluster scheduler or `kill` stops a job with SIGTERM, and a closed SSH session sends
+    SIGHUP; the default action of both ends the process on the spot: its run would stay
+    RUNNING, its buffered metrics unwritten.
     """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    with _signal_handlers((signal.SIGTERM,), interrupt):
+    with _signal_handlers(_STOPS[1:], interrupt):  # Ctrl-C raises it already
         yield
 
 

@@ -6,11 +6,13 @@ tests/conf/sweep, an Optuna journal file and an MLflow SQLite store in a tempora
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -283,27 +285,37 @@ def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
     assert parent.info.status == "FINISHED"
 
 
-def test_two_sweep_processes_share_one_study(tmp_path: Path) -> None:
+def test_three_sweep_processes_share_one_study(tmp_path: Path) -> None:
     command = sweep_command(tmp_path, "tiny", "sweep.n_trials=6", SLOW_TRIALS)
     sweeps = [
-        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(2)
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(3)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in sweeps]
-    assert [p.returncode for p in sweeps] == [0, 0]
+    assert [p.returncode for p in sweeps] == [0, 0, 0]
 
     study = load_study(tmp_path, "tiny")
     assert sorted(t.number for t in study.trials) == list(range(6))
     assert all(t.state is TrialState.COMPLETE for t in study.trials)
+    # Each trial a new point: the processes do not replay one seed's sequence.
+    assert len({t.params["algo.clip"] for t in study.trials}) == 6
     ran = [
         {int(line.split()[1][:-1]) for line in o.splitlines() if line.startswith("trial ")}
         for o in outputs
     ]
-    assert ran[0] and ran[1], "both processes should have run trials"
-    assert ran[0] | ran[1] == set(range(6)) and not ran[0] & ran[1]
+    assert sum(map(bool, ran)) >= 2, "several processes should have run trials"
+    assert set.union(*ran) == set(range(6)) and sum(map(len, ran)) == 6
     runs = runs_by_role(tmp_path)
     (parent,) = runs["study"]
     assert parent.info.status == "FINISHED"
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs["trial"]) == list(range(6))
+
+
+def test_a_resumed_sweep_draws_new_points(tmp_path: Path) -> None:
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=2"), tmp_path)
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=4"), tmp_path)
+    trials = load_study(tmp_path, "tiny").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({t.params["algo.clip"] for t in trials}) == 4
 
 
 def test_a_trial_with_an_invalid_config_fails_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -324,3 +336,132 @@ def test_a_trial_with_an_invalid_config_fails_and_the_sweep_goes_on(tmp_path: Pa
             assert f"trial {trial.number}: FAIL, invalid config" in done.stdout
         else:
             assert trial.state is TrialState.COMPLETE
+
+
+def test_a_report_creates_no_run_and_a_quote_in_the_store_path_is_fine(tmp_path: Path) -> None:
+    # A study swept without tracking: its report finds no run, and must not leave one RUNNING.
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "tracking.enabled=false"), tmp_path)
+    report = run(
+        [sys.executable, "-m", "ppo1.sweep_report", *sweep_overrides(tmp_path, "tiny")], tmp_path
+    )
+    assert "the study has no MLflow run in" in report.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+    # A journal whose path holds a quote, which an MLflow filter could not hold: resuming
+    # finds the study's run again.
+    journal = tmp_path / "it's" / "study.journal"
+    quoted = [f'sweep.storage="{journal}"', "sweep.study_name=quoted"]
+    for n in (1, 2):
+        run([*sweep_command(tmp_path, "tiny", f"sweep.n_trials={n}"), *quoted], tmp_path)
+    runs = runs_by_role(tmp_path)
+    (parent,) = runs["study"]
+    assert parent.data.tags["optuna.storage"] == str(journal)
+    assert parent.info.status == "FINISHED" and len(runs["trial"]) == 2
+
+
+def test_a_sweep_that_cannot_track_records_no_settings(tmp_path: Path) -> None:
+    # A tracking store in a folder that does not exist: refused before any trial...
+    bad = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "total_timesteps=2048")
+    bad = [a for a in bad if not a.startswith("tracking.uri=")]
+    bad.append(f"tracking.uri=sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    done = subprocess.run(bad, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: invalid config: tracking.uri")
+    assert SETTINGS_ATTR not in load_study(tmp_path, "tiny").user_attrs
+    # ... and its settings do not bind the corrected command, which differs in more than that.
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1"), tmp_path)
+    study = load_study(tmp_path, "tiny")
+    assert study.user_attrs[SETTINGS_ATTR]["total_timesteps"] == "1024"
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+
+def training(tmp_path: Path, name: str) -> Callable[[], bool]:
+    """Whether a trial of study `name` is RUNNING and has reported an update (so its trial
+    and seed runs exist)."""
+
+    def condition() -> bool:
+        if not (tmp_path / "study.journal").exists():
+            return False
+        return any(
+            t.state is TrialState.RUNNING and KL_ATTR in t.user_attrs
+            for t in load_study(tmp_path, name).trials
+        )
+
+    return condition
+
+
+def status_of_runs(tmp_path: Path) -> dict[str, set[str]]:
+    return {role: {r.info.status for r in runs} for role, runs in runs_by_role(tmp_path).items()}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stopped_sweep_gives_its_trial_back(tmp_path: Path, signum: signal.Signals) -> None:
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", SLOW_TRIALS)
+    sweep = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(training(tmp_path, "tiny"), timeout=120, process=sweep)
+        sweep.send_signal(signum)
+        _, stderr = sweep.communicate(timeout=60)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    study = load_study(tmp_path, "tiny")
+    (trial,) = study.trials
+    assert trial.state is TrialState.FAIL and trial.user_attrs[INTERRUPTED_ATTR]
+    assert counted_trials(study) == 0
+    statuses = status_of_runs(tmp_path)
+    assert statuses["study"] == statuses["trial"] == statuses["seed"] == {"KILLED"}
+
+
+def test_a_killed_sweep_process_is_found_out_and_its_slot_run_again(tmp_path: Path) -> None:
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "sweep.grace_s=3", SLOW_TRIALS)
+    # Its own process group, killed whole as a closed terminal or the OOM killer would.
+    sweep = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_until(training(tmp_path, "tiny"), timeout=120, process=sweep)
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait(timeout=30)
+    finally:
+        sweep.kill()
+    assert status_of_runs(tmp_path)["trial"] == {"RUNNING"}
+
+    done = run(command, tmp_path)
+    study = load_study(tmp_path, "tiny")
+    stale = [t for t in study.trials if t.state is TrialState.FAIL]
+    assert len(stale) == 1 and stale[0].user_attrs[INTERRUPTED_ATTR]
+    reason = stale[0].user_attrs[FAIL_REASON_ATTR]
+    assert reason.startswith("stale: no heartbeat from its sweep process for ")
+    assert f"trial {stale[0].number}: FAIL, {reason}; its slot runs again" in done.stdout
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == counted_trials(study) == 1
+    runs = runs_by_role(tmp_path)
+    assert {r.info.status for r in runs["study"]} == {"FINISHED"}
+    for r in runs["trial"] + runs["seed"]:
+        number = int(r.data.tags["optuna.trial_number"])
+        if number == stale[0].number:
+            assert r.info.status == "FAILED"
+            assert r.data.tags["ppo1.error"] == f"the sweep process died ({reason})"
+        else:
+            assert r.info.status == "FINISHED"
+
+
+def test_a_stopped_sweep_process_resumed_after_its_trial_went_stale(tmp_path: Path) -> None:
+    # A sweep process stopped past the grace period (Ctrl-Z, a sleeping laptop) while another
+    # runs the study: the other fails its trial as stale and fills the study.
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=2", "sweep.grace_s=3", SLOW_TRIALS)
+    stopped = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until(training(tmp_path, "tiny"), timeout=120, process=stopped)
+        stopped.send_signal(signal.SIGSTOP)
+        run(command, tmp_path)
+        stopped.send_signal(signal.SIGCONT)
+        stdout, _ = stopped.communicate(timeout=120)
+    finally:
+        stopped.kill()
+    # Woken, it drops its trial's result, which would count a third trial, and ends cleanly.
+    assert stopped.returncode == 0
+    assert "dropped, another sweep process had failed the trial as stale" in stdout
+    states = sorted(t.state.name for t in load_study(tmp_path, "tiny").trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]

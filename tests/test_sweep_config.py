@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -16,6 +18,7 @@ from ppo1.config import ConfigError, Objective, SweepConfig, register_configs, t
 from ppo1.objectives import area_under_curve, objective_value
 from ppo1.pruning import build_pruner
 from ppo1.search_space import distribution, end_points, overrides, search_space
+from ppo1.study import create_study, open_storage
 from ppo1.study_report import override_value, rerun_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +78,12 @@ def test_bad_sweep_values_fail_together() -> None:
         ConfigError, match=r"n_trials must be >= 1.*seeds must be >= 1.*params is empty"
     ):
         SweepConfig(n_trials=0, seeds=0)
+
+
+@pytest.mark.parametrize("name", ["a/b/c", "../../../elsewhere", "it's", ".hidden", "", "a b"])
+def test_a_study_name_is_a_plain_file_name(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"sweep.study_name=.*letters, digits"):
+        SweepConfig(study_name=name, params={"algo.clip": "interval(0.1, 0.3)"})
 
 
 def test_end_points_of_a_search_space() -> None:
@@ -148,6 +157,11 @@ def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
             "error: invalid sweep.pruner: Error in call to target",
         ),
         (
+            ["-m", "sweep=clip_epochs_lr", "sweep.study_name=../../../elsewhere"],
+            "error: invalid sweep: sweep.study_name='../../../elsewhere': use up to 100",
+        ),
+        (["-m", "sweep=clip_epochs_lr", 'sweep.study_name="it\'s"'], 'sweep.study_name="it\'s"'),
+        (
             ["-m", "sweep=clip_epochs_lr", "sweep.sampler._target_=optuna.samplers.Nope"],
             "error: invalid sweep.sampler: Error locating target 'optuna.samplers.Nope'",
         ),
@@ -186,3 +200,78 @@ def test_a_report_on_a_missing_study_creates_no_files(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: no study 'clip_epochs_lr' in {journal}"
     assert list(tmp_path.iterdir()) == []
+
+
+def _asked_points(studies: list[optuna.Study], n: int) -> list[float]:
+    """`n` trials asked round-robin from `studies` (sweep processes sharing one study)."""
+    space = search_space({"algo.clip": "interval(0.1, 0.3)"})
+    return [studies[i % len(studies)].ask(space).params["algo.clip"] for i in range(n)]
+
+
+@pytest.mark.parametrize("sampler", ["RandomSampler", "TPESampler"])
+def test_sweep_processes_sharing_a_study_draw_new_points(tmp_path: Path, sampler: str) -> None:
+    sweep = SweepConfig(
+        study_name="s",
+        params={"algo.clip": "interval(0.1, 0.3)"},
+        sampler={"_target_": f"optuna.samplers.{sampler}", "seed": 0},
+    )
+
+    def processes(journal: str, k: int) -> list[optuna.Study]:
+        return [create_study(sweep, open_storage(str(tmp_path / journal))) for _ in range(k)]
+
+    # Three processes on one study, and a process resuming it: every trial a new point.
+    shared = _asked_points(processes("shared.journal", 3), 6)
+    shared += _asked_points(processes("shared.journal", 1), 2)
+    assert len(set(shared)) == 8
+    # One process alone repeats its sweep exactly, and draws what the three drew together.
+    assert _asked_points(processes("alone.journal", 1), 8) == shared
+
+
+def sweep_exits(args: list[str], env: dict[str, str] | None = None) -> str:
+    """A sweep's one `error: ...` line, which it must end with, exit 2, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ppo1.train", "-m", "sweep=clip_epochs_lr", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("foo://bar", "sweep.storage foo://bar: no database scheme 'foo'"),
+        (
+            "postgresql://me:secret@localhost/db",
+            "sweep.storage postgresql://me:***@localhost/db: its database driver, the Python "
+            "module 'psycopg', is not installed",
+        ),
+    ],
+)
+def test_a_bad_storage_url_is_named_in_one_line(storage: str, message: str) -> None:
+    assert message in sweep_exits([f"sweep.storage={storage}", "tracking.enabled=false"])
+
+
+def test_a_read_only_mlruns_stops_the_sweep_before_any_trial(tmp_path: Path) -> None:
+    mlruns = tmp_path / "mlruns"
+    mlruns.mkdir()
+    mounted = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(mlruns), str(mlruns)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a read-only bind mount needs root: {mounted.stderr.strip()}")
+    try:
+        env = {**os.environ, "PPO1_HOME": str(tmp_path)}
+        line = sweep_exits(["tracking.enabled=false"], env)
+    finally:
+        subprocess.run(["umount", str(mlruns)], check=True)
+    journal = mlruns / "optuna" / "clip_epochs_lr.journal"
+    assert line == (
+        f"error: invalid sweep: sweep.storage {journal}: cannot write the journal there "
+        "(Read-only file system); name a writable file: sweep.storage=PATH"
+    )

@@ -10,6 +10,7 @@ works and several sweep processes can share one study. Hydra loads plugins only 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,6 @@ from hydra.errors import InstantiationException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
@@ -41,9 +41,14 @@ from ppo1.study import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
+    beat,
+    build_sampler,
     counted_trials,
     create_study,
+    fail_stale_trials,
+    heartbeat,
     open_storage,
+    record_settings,
     settings_mismatch,
     storage_spec,
     study_lock,
@@ -121,7 +126,7 @@ class OptunaSweeper(Sweeper):
         else:
             exit_with_error(f"invalid config: {errors[0]}")
         for key, build in (
-            ("sampler", lambda: instantiate(sweep.sampler)),
+            ("sampler", lambda: build_sampler(sweep)),
             ("pruner", lambda: build_pruner(sweep)),
         ):
             try:
@@ -139,7 +144,10 @@ class OptunaSweeper(Sweeper):
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
         spec = storage_spec(sweep)
-        study = create_study(sweep, open_storage(spec))
+        try:
+            study = create_study(sweep, open_storage(spec))
+        except ConfigError as err:
+            exit_with_error(f"invalid sweep: {err}")
         with study_lock(spec):
             settings = value_settings(job_cfg, space)
             if mismatch := settings_mismatch(study, settings):
@@ -148,6 +156,9 @@ class OptunaSweeper(Sweeper):
                 parent = open_study_run(tracking, sweep, spec)
             except ConfigError as err:
                 exit_with_error(f"invalid config: {err}")
+            # Only now that a trial can start: settings recorded by a command that could not
+            # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
+            record_settings(study, settings)
         print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
         with sigterm_as_interrupt():
             try:
@@ -181,15 +192,22 @@ class OptunaSweeper(Sweeper):
         fixed: list[str],
         parent: "tuple[MlflowClient, str] | None",
     ) -> list[JobReturn]:
-        """Ask, launch and tell batches until the study has n_trials."""
+        """Ask, launch and tell batches until the study has n_trials, all finished."""
         returns: list[JobReturn] = []
-        while trials := self._ask(study, sweep, space, spec, parent):
+        while True:
+            trials = self._ask(study, sweep, space, spec, parent)
+            if not trials:
+                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    return returns
+                # Other processes' trials fill the study: wait until they finish, or go
+                # stale (their process died), when this process runs their slots again.
+                time.sleep(sweep.heartbeat_s)
+                continue
             try:
-                returns += self._run(study, trials, fixed, len(returns))
+                returns += self._run(study, trials, fixed, len(returns), sweep.heartbeat_s)
             except BaseException:
                 _give_back(study, trials)
                 raise
-        return returns
 
     def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
         """Command-line overrides: plain ones go to every job, sweeps join the search space."""
@@ -212,17 +230,25 @@ class OptunaSweeper(Sweeper):
         spec: str,
         parent: "tuple[MlflowClient, str] | None",
     ) -> list[optuna.Trial]:
-        """The next batch: up to n_jobs trials, never past n_trials counting every process's."""
+        """The next batch: up to n_jobs trials, never past n_trials counting every process's,
+        once stale trials have been failed to free their slots."""
         with study_lock(spec):
+            _fail_stale(study, sweep.grace_s, parent)
             count = min(sweep.n_jobs, sweep.n_trials - counted_trials(study))
             trials = [study.ask(space) for _ in range(max(count, 0))]
-            if parent is not None:  # where the job's MLflow run nests
-                for trial in trials:
+            for trial in trials:
+                beat(trial)
+                if parent is not None:  # where the job's MLflow run nests
                     trial.set_user_attr(PARENT_RUN_ATTR, parent[1])
         return trials
 
     def _run(
-        self, study: optuna.Study, trials: list[optuna.Trial], fixed: list[str], job_idx: int
+        self,
+        study: optuna.Study,
+        trials: list[optuna.Trial],
+        fixed: list[str],
+        job_idx: int,
+        heartbeat_s: float,
     ) -> list[JobReturn]:
         """Launch the trials that compose to a valid config; tell every trial its end."""
         assert self.launcher is not None
@@ -240,7 +266,8 @@ class OptunaSweeper(Sweeper):
             batch.append(job)
         if not batch:
             return []
-        results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
+        with heartbeat(launched, heartbeat_s):
+            results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
         for trial, result in zip(launched, results, strict=True):
             print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
         return results
@@ -250,6 +277,19 @@ def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
     """End the study's MLflow run, if tracking: FINISHED, FAILED or KILLED."""
     if parent is not None:
         parent[0].set_terminated(parent[1], status)
+
+
+def _fail_stale(
+    study: optuna.Study, grace_s: float, parent: "tuple[MlflowClient, str] | None"
+) -> None:
+    """Fail the study's stale trials and end their MLflow runs FAILED, saying why."""
+    for trial in fail_stale_trials(study, grace_s):
+        reason = trial.user_attrs[FAIL_REASON_ATTR]
+        print(f"trial {trial.number}: FAIL, {reason}; its slot runs again", flush=True)
+        if parent is not None:
+            from ppo1.study_run import end_stale_runs  # imports mlflow: only when tracking
+
+            end_stale_runs(parent, trial.number, f"the sweep process died ({reason})")
 
 
 def _give_back(study: optuna.Study, trials: list[optuna.Trial]) -> None:
@@ -267,11 +307,32 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
     # `result.return_value` would re-raise a job's exception after printing every override.
     outcome = result._return_value
     if result.status is JobStatus.COMPLETED:
-        study.tell(trial, float(outcome))
-        return f"COMPLETE, objective {float(outcome):.2f}"
+        return _told(study, trial, f"COMPLETE, objective {float(outcome):.2f}", float(outcome))
     if isinstance(outcome, optuna.TrialPruned):
-        study.tell(trial, state=TrialState.PRUNED)
-        return f"PRUNED, {trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)}"
-    trial.set_user_attr(FAIL_REASON_ATTR, f"{type(outcome).__name__}: {outcome}")
-    study.tell(trial, state=TrialState.FAIL)
-    return f"FAIL, {type(outcome).__name__}: {outcome}"
+        reason = trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)
+        return _told(study, trial, f"PRUNED, {reason}", state=TrialState.PRUNED)
+    reason = f"{type(outcome).__name__}: {outcome}"
+    return _told(study, trial, f"FAIL, {reason}", state=TrialState.FAIL, fail_reason=reason)
+
+
+def _stale(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether another process failed the trial as stale while this one was stopped past the
+    grace period (Ctrl-Z, a sleeping laptop) and has run its slot again."""
+    return bool(study._storage.get_trial(trial._trial_id).user_attrs.get(INTERRUPTED_ATTR))
+
+
+def _told(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    summary: str,
+    value: float | None = None,
+    state: TrialState | None = None,
+    fail_reason: str | None = None,
+) -> str:
+    """Tell the trial its end, unless it was failed as stale meanwhile: that end stays."""
+    if _stale(study, trial):
+        return f"{summary}; dropped, another sweep process had failed the trial as stale"
+    if fail_reason is not None:
+        trial.set_user_attr(FAIL_REASON_ATTR, fail_reason)
+    study.tell(trial, value, state=state)
+    return summary
