@@ -61,11 +61,16 @@ def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def artifact_folder(database: Path) -> Path:
+    """Where the artifacts of a SQLite store's experiments go: beside the database."""
+    return database.parent / "artifacts"
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts beside a SQLite store; MLflow would otherwise root them in the current cwd."""
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return artifact_folder(Path(uri.removeprefix("sqlite:///"))).resolve().as_uri()
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:

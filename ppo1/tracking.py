@@ -19,7 +19,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.run_writer import Op, Row, RunWriter, apply, create_run
+from ppo1.run_writer import Op, Row, RunWriter, apply, artifact_folder, create_run
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
@@ -73,29 +73,73 @@ def _server_problem(uri: str) -> str | None:
         return f"no server answers at {url} ({reason})"
 
 
+def _unwritable(directory: Path) -> str | None:
+    """Why no file can be created in `directory`, or None.
+
+    Tried, not read off the permissions: root ignores those, not a read-only mount, and
+    /proc grants them yet takes no file. SQLite writes its journal beside the database.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return None
+    except OSError as err:
+        return f"cannot write in {directory} ({err.strerror or err})"
+
+
 def _sqlite_problem(uri: str) -> str | None:
-    """A SQLite store's directory must exist, except the default mlruns/, which is created.
+    """A SQLite store's directory must exist (except the default mlruns/, which is created)
+    and take writes, as must the artifacts folder beside it.
 
     MLflow creates any missing parents (`sqlite:////nonexistent/dir/x.db` made /nonexistent),
-    so a typo in the path, or three slashes meant as four, would grow a tree silently.
+    so a typo in the path, or three slashes meant as four, would grow a tree silently; and it
+    finds an unwritable store only at the run's first write, after minutes of retries.
     """
-    if not uri.startswith("sqlite:///") or uri == default_tracking_uri():
+    if not uri.startswith("sqlite:///"):
         return None
     path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    if path.name in ("", ":memory:") or path.parent.is_dir():
+    if path.name in ("", ":memory:"):
         return None
-    slashes = (
-        ""
-        if path.is_absolute()
-        else " (sqlite:/// takes a relative path; sqlite://// an absolute one)"
+    if not path.parent.is_dir():
+        if uri == default_tracking_uri():
+            return _unwritable(next(p for p in path.parents if p.is_dir()))
+        slashes = (
+            ""
+            if path.is_absolute()
+            else " (sqlite:/// takes a relative path; sqlite://// an absolute one)"
+        )
+        return f"directory {path.parent} does not exist{slashes}; create it first"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is read-only"
+    folders = [path.parent, artifact_folder(path)]
+    return next(filter(None, (_unwritable(f) for f in folders if f.is_dir())), None)
+
+
+def _file_store_problem(uri: str) -> str | None:
+    """A plain path (or a typo: any text without a scheme) means MLflow's file store, which
+    MLflow 3 refuses with a page about its maintenance unless MLFLOW_ALLOW_FILE_STORE is set."""
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
+        return None
+    return (
+        "not a store ppo1 can use: give sqlite:///PATH/mlflow.db (a SQLite file) "
+        "or http://HOST:PORT (a tracking server)"
     )
-    return f"directory {path.parent} does not exist{slashes}; create it first"
 
 
 def store_problem(uri: str) -> str | None:
     """What is wrong with a tracking URI that can be told without MLflow, or None."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme in ("", "file"):
+        return _file_store_problem(uri)
     return _server_problem(uri) if scheme in ("http", "https") else _sqlite_problem(uri)
+
+
+def store_error(uri: str, problem: str) -> ConfigError:
+    """The bad-input error for a store, naming where its URI came from."""
+    if uri == os.environ.get("MLFLOW_TRACKING_URI"):
+        return ConfigError(f"$MLFLOW_TRACKING_URI {uri!r}: {problem}")
+    if uri == default_tracking_uri():
+        return ConfigError(f"the default store {uri!r}: {problem}; set tracking.uri to another")
+    return ConfigError(f"tracking.uri {uri!r}: {problem}")
 
 
 def open_client(uri: str) -> MlflowClient:
@@ -114,7 +158,7 @@ def open_client(uri: str) -> MlflowClient:
             return client
         except Exception as err:  # whatever the store's backend raises: report, not traceback
             problem = " ".join(str(err).split()) or type(err).__name__
-    raise ConfigError(f"tracking.uri {uri!r}: {problem}")
+    raise store_error(uri, problem)
 
 
 @contextmanager
@@ -270,7 +314,7 @@ class Tracker:
         if self._writer_client:
             problem = store_problem(self.uri)  # the rest the writer finds, and then this process
             if problem is not None:
-                raise ConfigError(f"tracking.uri {self.uri!r}: {problem}")
+                raise store_error(self.uri, problem)
         # Once a run exists (or the writer is creating it), whatever stops the setup (Ctrl-C
         # included) must end it, and `with` calls __exit__ only once __enter__ has returned.
         try:

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -372,13 +373,41 @@ def test_truncation_bootstraps_from_the_final_observation(compose_cfg: Compose) 
     assert (sb.buffer.terminated == sb.buffer.dones).all()
 
 
-def run_train(*overrides: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_train(
+    *overrides: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ppo1.train` with `env` added to this process's environment."""
     return subprocess.run(
         [sys.executable, "-m", "ppo1.train", *overrides],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The only line on stderr, once the exit code and the absence of tracebacks are checked."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` on a read-only bind mount: as root, permissions would not stop a write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"a read-only bind mount is not permitted here: {mount.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.parametrize(
@@ -410,7 +439,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize(
     ("uri", "cause"),
     [
-        ("{tmp}/a-directory", "The filesystem tracking backend"),
+        ("{tmp}/a-directory", "not a store ppo1 can use: give sqlite:///PATH/mlflow.db"),
         ("bogus://foo", "unsupported URI 'bogus://foo'"),
         ("http://127.0.0.1:{port}", "no server answers at http://127.0.0.1:{port}/health"),
         ("sqlite:///{tmp}/missing/dir/mlflow.db", "directory {tmp}/missing/dir does not exist"),
@@ -428,6 +457,38 @@ def test_bad_tracking_uri_fails_fast_with_one_message(tmp_path: Path, uri: str, 
     assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: tracking.uri {uri!r}: ")
     assert cause in lines[0]
     assert not (tmp_path / "missing").exists()  # MLflow would have created it
+
+
+@pytest.mark.parametrize("folder", ["mlruns", "mlruns/artifacts"])
+def test_a_read_only_store_fails_before_training(tmp_path: Path, folder: str) -> None:
+    # It failed once training had ended: 614 lines, 15 tracebacks, the trained policy lost.
+    (tmp_path / "mlruns" / "artifacts").mkdir(parents=True)
+    home = {"PPO1_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": ""}
+    with read_only(tmp_path / folder):
+        proc = run_train(*TINY[:-1], "verbose=true", env=home)
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    line = one_error_line(proc)
+    assert line.startswith(f"error: invalid config: the default store {store!r}: ")
+    assert f"cannot write in {tmp_path / folder} (Read-only file system)" in line
+    assert "update" not in proc.stdout
+
+
+def test_a_store_in_an_unwritable_directory_fails_fast() -> None:
+    # MLflow alone retried for ~3.5 minutes, after training, then dropped the run.
+    start = time.monotonic()
+    proc = run_train("tracking.uri=sqlite:////proc/mlflow.db", *TINY[:-1], "verbose=true")
+    assert time.monotonic() - start < 30
+    assert "cannot write in /proc" in one_error_line(proc)
+    assert "update" not in proc.stdout
+
+
+def test_a_garbage_tracking_uri_from_the_environment_is_named_as_such() -> None:
+    # MLflow took it for a file store and printed its page about that store's maintenance.
+    proc = run_train(*TINY, env={"MLFLOW_TRACKING_URI": "garbage"})
+    assert one_error_line(proc) == (
+        "error: invalid config: $MLFLOW_TRACKING_URI 'garbage': not a store ppo1 can use: "
+        "give sqlite:///PATH/mlflow.db (a SQLite file) or http://HOST:PORT (a tracking server)"
+    )
 
 
 def test_the_default_store_directory_is_still_created(
