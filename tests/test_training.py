@@ -10,8 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ppo1.checkpoint import load_checkpoint
-from ppo1.config import AlgoConfig, TrackingConfig, TrainConfig
+from ppo1.checkpoint import build_agent, load_checkpoint
+from ppo1.config import AlgoConfig, TrackingConfig, TrainConfig, to_plain_dict
 from ppo1.envs import SameStepSyncEnv, make_vector_env
 from ppo1.evaluate import main as evaluate_cli
 from ppo1.evaluation import evaluate
@@ -40,7 +39,7 @@ from ppo1.tracking import (
 from ppo1.train import progress_line, train
 
 from .conftest import CONF_DIR as CONF
-from .conftest import TINY, run_python
+from .conftest import TINY, one_error_line, read_only, run_module, run_python
 
 Compose = Callable[[list[str]], TrainConfig]
 
@@ -376,38 +375,7 @@ def test_truncation_bootstraps_from_the_final_observation(compose_cfg: Compose) 
 def run_train(
     *overrides: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m ppo1.train` with `env` added to this process's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "ppo1.train", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
-    """The only line on stderr, once the exit code and the absence of tracebacks are checked."""
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
-
-
-@contextmanager
-def read_only(folder: Path) -> Iterator[None]:
-    """`folder` on a read-only bind mount: as root, permissions would not stop a write."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mount = subprocess.run(
-        ["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"a read-only bind mount is not permitted here: {mount.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
+    return run_module("ppo1.train", *overrides, timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize(
@@ -636,6 +604,25 @@ def test_evaluate_refuses_what_it_cannot_evaluate_with_one_message(
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err, (args, err)
         assert "Traceback" not in err
+
+
+def test_evaluate_refuses_checkpoints_of_another_shape_with_one_line(
+    compose_cfg: Compose, tmp_path: Path
+) -> None:
+    # Each printed 53-61 lines of traceback (OmegaConf's, then torch's load_state_dict).
+    cartpole = to_plain_dict(compose_cfg([]))
+    pendulum_env = make_vector_env(compose_cfg(["env=pendulum"]).env, 1)
+    pendulum = build_agent(compose_cfg(["env=pendulum"]), pendulum_env).state_dict()
+    cases = {
+        "empty.pt": ({}, cartpole, "its weights do not fit the CartPole-v1 policy"),
+        "other-env.pt": (pendulum, cartpole, "size mismatch for pi_body.0.weight"),
+        "unknown-key.pt": ({}, {**cartpole, "bogus": 1}, "ConfigKeyError: Key 'bogus' not in"),
+    }
+    for name, (state_dict, config, message) in cases.items():
+        torch.save({"state_dict": state_dict, "config": config}, tmp_path / name)
+        proc = run_module("ppo1.evaluate", str(tmp_path / name))
+        line = one_error_line(proc)
+        assert line.startswith(f"error: {tmp_path / name}: its ") and message in line, line
 
 
 def test_progress_line_shows_a_dash_until_an_episode_ends(compose_cfg: Compose) -> None:
