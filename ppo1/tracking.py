@@ -19,7 +19,15 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.run_writer import Op, Row, RunWriter, apply, artifact_folder, create_run
+from ppo1.run_writer import (
+    Op,
+    Row,
+    RunWriter,
+    apply,
+    artifact_folder,
+    create_run,
+    quiet_mlflow,
+)
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
@@ -142,23 +150,50 @@ def store_error(uri: str, problem: str) -> ConfigError:
     return ConfigError(f"tracking.uri {uri!r}: {problem}")
 
 
-def open_client(uri: str) -> MlflowClient:
-    """A client on a store that answers, or one ConfigError naming the URI and the cause.
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (a store's may run over many), or its type."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _connect(uri: str) -> MlflowClient | str:
+    """A client on a store that answers, or why there is none.
 
     MLflow otherwise fails deep in its stack (a filesystem path, an unknown scheme) or, for
     a server that is down, only after minutes of retries; a live server keeps those retries.
     """
     from mlflow.tracking import MlflowClient
 
+    quiet_mlflow()
     problem = store_problem(uri)
-    if problem is None:
-        try:
-            client = MlflowClient(uri)
-            client.search_experiments(max_results=1)
-            return client
-        except Exception as err:  # whatever the store's backend raises: report, not traceback
-            problem = " ".join(str(err).split()) or type(err).__name__
-    raise store_error(uri, problem)
+    if problem is not None:
+        return problem
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:  # whatever the store's backend raises: report, not traceback
+        return one_line(err)
+    return client
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on a store that answers, or one ConfigError naming the URI and the cause."""
+    client = _connect(uri)
+    if isinstance(client, str):
+        raise store_error(uri, client)
+    return client
+
+
+class StoreFailedError(RuntimeError):
+    """The tracking store failed after the run began: a failure (exit 1), not bad input."""
+
+
+def store_failed(uri: str, cause: str) -> StoreFailedError:
+    """The error for a store that worked when the run began and fails now."""
+    if uri.startswith(("http://", "https://")):
+        # Refused or timed out, MLflow's error is its last retry's; the health check is plainer.
+        cause = _server_problem(uri) or cause
+        return StoreFailedError(f"the tracking server at {uri} stopped answering: {cause}")
+    return StoreFailedError(f"the tracking store {uri} failed: {cause}")
 
 
 @contextmanager
@@ -286,6 +321,8 @@ class Tracker:
         self.run_name: str | None = None
         self._client: MlflowClient | None = None
         self._writer: RunWriter | None = None
+        self._entered = False  # __enter__ has returned: training runs
+        self._failed = False  # the store failed once training ran
         self._rows: list[Row] = []
         self._staging: tempfile.TemporaryDirectory[str] | None = None
         self._started = self._last_flush = time.monotonic()
@@ -325,12 +362,20 @@ class Tracker:
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        self._entered = True
         return self
 
     def _own_client(self) -> tuple[MlflowClient, str]:
         """This process's client, and the run: created here unless the writer created it."""
         if self._client is None:
-            self._client = open_client(self.uri)
+            client = _connect(self.uri)
+            if isinstance(client, str):
+                # While the run is set up the URI is bad input; once training runs (the
+                # writer had found the store usable), the store has failed.
+                if not self._entered:
+                    raise store_error(self.uri, client)
+                raise self._store_failed(client)
+            self._client = client
         if self.run_id is None:
             with _interrupts_deferred():
                 self.run_id, self.run_name = create_run(
@@ -338,10 +383,22 @@ class Tracker:
                 )
         return self._client, self.run_id
 
+    def _store_failed(self, cause: str) -> StoreFailedError:
+        self._failed = True  # the run's end is not written then: it would fail the same way
+        return store_failed(self.uri, cause)
+
+    def _apply(self, op: Op) -> None:
+        """One write by this process's client."""
+        client, run_id = self._own_client()
+        try:
+            apply(client, run_id, op)
+        except Exception as err:  # whatever the store's backend raises
+            raise self._store_failed(one_line(err)) from err
+
     def _do(self, op: Op) -> None:
         """One write to the run: by the writer if it is the run's client, else here."""
         if not self._writer_owns_run():
-            apply(*self._own_client(), op)
+            self._apply(op)
             return
         assert self._writer is not None
         if op[0] == "artifact":
@@ -364,7 +421,7 @@ class Tracker:
         left = writer.close()
         self._learn_run(writer)
         for op in left:
-            apply(*self._own_client(), op)
+            self._apply(op)
 
     def wait_for_run(self) -> tuple[str, str] | None:
         """The run's id and name, once it exists (the writer may still be creating it)."""
@@ -456,16 +513,25 @@ class Tracker:
             self._learn_run(writer)
         try:
             for op in left:
-                if op[0] != "terminate":
-                    apply(*self._own_client(), op)
+                if op[0] != "terminate" and not self._failed:
+                    self._apply(op)
         except BaseException as err:
             # The last writes failed, or a second Ctrl-C hit them: the run still gets an end.
             if exc is None:
                 status = _failed_status(err)
+            if self._failed and self.run_id is not None:
+                err.add_note(self._fate(status))
             raise
         finally:
-            if terminate in left:
-                apply(*self._own_client(), ("terminate", status))
+            # A store that failed once would fail this too, after minutes of MLflow's retries.
+            if terminate in left and not self._failed:
+                self._apply(("terminate", status))
             if exc is not None and self.run_id is not None:
                 # For whoever reports the exception: only this object knows a run exists.
-                exc.add_note(f"the MLflow run {self.run_id} is marked {status}")
+                exc.add_note(self._fate(status))
+
+    def _fate(self, status: str) -> str:
+        """How the run was left, for the message that reports why it ended."""
+        if self._failed:
+            return f"the MLflow run {self.run_id} stays RUNNING (its end could not be stored)"
+        return f"the MLflow run {self.run_id} is marked {status}"

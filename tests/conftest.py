@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,3 +115,47 @@ def read_only(folder: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def free_port() -> int:
+    """A port nothing listens on (for now): for a server to start on, or to be refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def mlflow_serving(
+    command: list[str], folder: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`mlflow COMMAND --host 127.0.0.1 --port P`, its URL once it answers, and the process;
+    shut down by its process group afterwards (its workers go down with it)."""
+    port = free_port()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    log = folder / "mlflow-server.log"
+    server = subprocess.Popen(
+        [mlflow, *command, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),  # noqa: SIM115 (closed with the process)
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"mlflow {command[0]} did not answer within 120 s"
+            time.sleep(0.5)
+        yield url, server
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

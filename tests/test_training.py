@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +38,16 @@ from ppo1.tracking import (
 from ppo1.train import progress_line, train
 
 from .conftest import CONF_DIR as CONF
-from .conftest import TINY, one_error_line, read_only, run_module, run_python
+from .conftest import (
+    TINY,
+    free_port,
+    mlflow_serving,
+    one_error_line,
+    read_only,
+    run_module,
+    run_python,
+    wait_until,
+)
 
 Compose = Callable[[list[str]], TrainConfig]
 
@@ -398,12 +406,6 @@ def test_unsupported_env_spaces_fail_before_any_run(
     assert not db.exists()  # the envs are checked before the tracking store is opened
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("uri", "cause"),
     [
@@ -414,7 +416,7 @@ def closed_port() -> int:
     ],
 )
 def test_bad_tracking_uri_fails_fast_with_one_message(tmp_path: Path, uri: str, cause: str) -> None:
-    port = closed_port()
+    port = free_port()
     uri, cause = (s.format(tmp=tmp_path, port=port) for s in (uri, cause))
     start = time.monotonic()
     # MLflow alone retried the dead server for ~250 s, then printed a ~90-line traceback.
@@ -478,7 +480,43 @@ def test_a_server_that_answers_passes_the_health_check() -> None:
     finally:
         thread.join(timeout=10)
         server.server_close()
-    assert "Connection refused" in str(_server_problem(f"http://127.0.0.1:{closed_port()}"))
+    assert "Connection refused" in str(_server_problem(f"http://127.0.0.1:{free_port()}"))
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    server_args = ["server", "--backend-store-uri", db, "--workers", "1"]
+    artifacts = ["--artifacts-destination", str(tmp_path / "artifacts")]
+    with mlflow_serving([*server_args, *artifacts], tmp_path) as (url, server):
+        done = run_train(f"tracking.uri={url}", *TINY[:-1], "tracking.figures=none")
+        assert done.returncode == 0, done.stderr
+        # `mlflow ui --backend-store-uri http://...` opens nothing: the server has its own UI.
+        assert f"open it: {url}\n" in done.stdout and "mlflow ui" not in done.stdout
+        (run,) = MlflowClient(db).search_runs(["1"])
+        evaluated = run_module("ppo1.evaluate", run.info.run_id, "--tracking-uri", url)
+        assert evaluated.returncode == 0, evaluated.stderr
+        for proc in (done, evaluated):  # no "View run ... at:" lines, no download progress bar
+            assert proc.stderr == ""
+
+        training = subprocess.Popen(
+            [sys.executable, "-m", "ppo1.train", "total_timesteps=1000000", f"tracking.uri={url}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: len(MlflowClient(db).search_runs(["1"])) == 2, 120, training)
+        assert training.stdout is not None and training.stdout.readline().startswith("update")
+        os.killpg(server.pid, signal.SIGKILL)
+        stdout, stderr = training.communicate(timeout=120)
+    (running,) = MlflowClient(db).search_runs(["1"], "attributes.status = 'RUNNING'")
+    line = one_error_line(subprocess.CompletedProcess([], training.returncode, stdout, stderr), 1)
+    # It said "invalid config", exit 2, as if the URI had been wrong from the start.
+    assert line == (
+        f"error: the tracking server at {url} stopped answering: no server answers at "
+        f"{url}/health ([Errno 111] Connection refused); the MLflow run {running.info.run_id} "
+        "stays RUNNING (its end could not be stored)"
+    )
 
 
 def test_ctrl_c_while_the_run_is_set_up_marks_it_killed(
