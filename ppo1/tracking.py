@@ -68,6 +68,11 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server's URI, rather than a store's."""
+    return uri.startswith(("http://", "https://"))
+
+
 def _server_problem(uri: str) -> str | None:
     """Why nothing answers at an http(s) tracking URI, or None if something does."""
     url = f"{uri.rstrip('/')}/health"
@@ -138,7 +143,7 @@ def store_problem(uri: str) -> str | None:
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if scheme in ("", "file"):
         return _file_store_problem(uri)
-    return _server_problem(uri) if scheme in ("http", "https") else _sqlite_problem(uri)
+    return _server_problem(uri) if is_server(uri) else _sqlite_problem(uri)
 
 
 def store_error(uri: str, problem: str) -> ConfigError:
@@ -189,10 +194,11 @@ class StoreFailedError(RuntimeError):
 
 def store_failed(uri: str, cause: str) -> StoreFailedError:
     """The error for a store that worked when the run began and fails now."""
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         # Refused or timed out, MLflow's error is its last retry's; the health check is plainer.
-        cause = _server_problem(uri) or cause
-        return StoreFailedError(f"the tracking server at {uri} stopped answering: {cause}")
+        problem = _server_problem(uri)
+        if problem is not None:
+            return StoreFailedError(f"the tracking server at {uri} stopped answering: {problem}")
     return StoreFailedError(f"the tracking store {uri} failed: {cause}")
 
 
@@ -321,7 +327,9 @@ class Tracker:
         self.run_name: str | None = None
         self._client: MlflowClient | None = None
         self._writer: RunWriter | None = None
-        self._entered = False  # __enter__ has returned: training runs
+        # The store has worked: a server answered, or a run was created. What fails after
+        # that is the store failing, not a bad URI.
+        self._answered = False
         self._failed = False  # the store failed once training ran
         self._rows: list[Row] = []
         self._staging: tempfile.TemporaryDirectory[str] | None = None
@@ -352,6 +360,7 @@ class Tracker:
             problem = store_problem(self.uri)  # the rest the writer finds, and then this process
             if problem is not None:
                 raise store_error(self.uri, problem)
+            self._answered = is_server(self.uri)
         # Once a run exists (or the writer is creating it), whatever stops the setup (Ctrl-C
         # included) must end it, and `with` calls __exit__ only once __enter__ has returned.
         try:
@@ -362,7 +371,6 @@ class Tracker:
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        self._entered = True
         return self
 
     def _own_client(self) -> tuple[MlflowClient, str]:
@@ -370,9 +378,7 @@ class Tracker:
         if self._client is None:
             client = _connect(self.uri)
             if isinstance(client, str):
-                # While the run is set up the URI is bad input; once training runs (the
-                # writer had found the store usable), the store has failed.
-                if not self._entered:
+                if not (self._answered or self.run_id is not None):
                     raise store_error(self.uri, client)
                 raise self._store_failed(client)
             self._client = client

@@ -36,7 +36,13 @@ from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector
 from ppo1.schedules import multiplier, progress
-from ppo1.tracking import StoreFailedError, Tracker, sigterm_as_interrupt, tracking_uri
+from ppo1.tracking import (
+    StoreFailedError,
+    Tracker,
+    is_server,
+    sigterm_as_interrupt,
+    tracking_uri,
+)
 from ppo1.trial import run_trial
 
 # Called after every update with (env steps so far, that update's metrics); may raise to stop.
@@ -187,7 +193,7 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
             f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})",
             f"open it: {uri}"
             # A server has its UI at its own address; `mlflow ui` opens stores, not servers.
-            if uri.startswith(("http://", "https://"))
+            if is_server(uri)
             else f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
             "--port 5000 --workers 1",
         ]
