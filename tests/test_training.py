@@ -484,26 +484,35 @@ def test_a_server_that_answers_passes_the_health_check() -> None:
 
 
 @pytest.mark.slow
-def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", [True, False])
+def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
+    tmp_path: Path, writer: bool
+) -> None:
+    writes = f"tracking.writer_process={str(writer).lower()}"
+    # Without the writer, the trainer's own MLflow client retries for ~4 minutes first.
+    retries = {} if writer else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
     db = f"sqlite:///{tmp_path / 'server.db'}"
     server_args = ["server", "--backend-store-uri", db, "--workers", "1"]
     artifacts = ["--artifacts-destination", str(tmp_path / "artifacts")]
     with mlflow_serving([*server_args, *artifacts], tmp_path) as (url, server):
-        done = run_train(f"tracking.uri={url}", *TINY[:-1], "tracking.figures=none")
+        done = run_train(f"tracking.uri={url}", writes, *TINY[:-1], "tracking.figures=none")
         assert done.returncode == 0, done.stderr
         # `mlflow ui --backend-store-uri http://...` opens nothing: the server has its own UI.
         assert f"open it: {url}\n" in done.stdout and "mlflow ui" not in done.stdout
+        assert "View run" not in done.stdout  # MLflow prints it there when its client ends a run
         (run,) = MlflowClient(db).search_runs(["1"])
         evaluated = run_module("ppo1.evaluate", run.info.run_id, "--tracking-uri", url)
         assert evaluated.returncode == 0, evaluated.stderr
         for proc in (done, evaluated):  # no "View run ... at:" lines, no download progress bar
             assert proc.stderr == ""
 
+        long_run = ["total_timesteps=1000000", f"tracking.uri={url}", writes]
         training = subprocess.Popen(
-            [sys.executable, "-m", "ppo1.train", "total_timesteps=1000000", f"tracking.uri={url}"],
+            [sys.executable, "-m", "ppo1.train", *long_run],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **retries},
         )
         wait_until(lambda: len(MlflowClient(db).search_runs(["1"])) == 2, 120, training)
         assert training.stdout is not None and training.stdout.readline().startswith("update")
