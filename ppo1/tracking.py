@@ -127,7 +127,7 @@ def _sqlite_problem(uri: str) -> str | None:
     return next(filter(None, (_unwritable(f) for f in folders if f.is_dir())), None)
 
 
-def _file_store_problem(uri: str) -> str | None:
+def _file_store_problem() -> str | None:
     """A plain path (or a typo: any text without a scheme) means MLflow's file store, which
     MLflow 3 refuses with a page about its maintenance unless MLFLOW_ALLOW_FILE_STORE is set."""
     if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
@@ -142,7 +142,7 @@ def store_problem(uri: str) -> str | None:
     """What is wrong with a tracking URI that can be told without MLflow, or None."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if scheme in ("", "file"):
-        return _file_store_problem(uri)
+        return _file_store_problem()
     return _server_problem(uri) if is_server(uri) else _sqlite_problem(uri)
 
 
