@@ -121,7 +121,7 @@ def _sqlite_problem(uri: str) -> str | None:
             else " (sqlite:/// takes a relative path; sqlite://// an absolute one)"
         )
         return f"directory {path.parent} does not exist{slashes}; create it first"
-    if path.exists() and not os.access(path, os.W_OK):
+    if path.exists() and not os.access(path, os.W_OK):  # False on a read-only mount, even for root
         return f"{path} is read-only"
     folders = [path.parent, artifact_folder(path)]
     return next(filter(None, (_unwritable(f) for f in folders if f.is_dir())), None)
@@ -155,7 +155,7 @@ def store_error(uri: str, problem: str) -> ConfigError:
     return ConfigError(f"tracking.uri {uri!r}: {problem}")
 
 
-def one_line(err: BaseException) -> str:
+def _one_line(err: BaseException) -> str:
     """An exception's message on one line (a store's may run over many), or its type."""
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -176,7 +176,7 @@ def _connect(uri: str) -> MlflowClient | str:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # whatever the store's backend raises: report, not traceback
-        return one_line(err)
+        return _one_line(err)
     return client
 
 
@@ -399,7 +399,7 @@ class Tracker:
         try:
             apply(client, run_id, op)
         except Exception as err:  # whatever the store's backend raises
-            raise self._store_failed(one_line(err)) from err
+            raise self._store_failed(_one_line(err)) from err
 
     def _do(self, op: Op) -> None:
         """One write to the run: by the writer if it is the run's client, else here."""
