@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from gymnasium.vector import VectorEnv
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ppo1.config import TrainConfig, to_plain_dict
 from ppo1.envs import make_vector_env
@@ -31,21 +32,35 @@ class CheckpointError(ValueError):
     """A file that is not a checkpoint `save_checkpoint` wrote."""
 
 
+def _cause(err: BaseException) -> str:
+    """An exception as one short clause: torch's and OmegaConf's messages run over lines."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+
+
 def load_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig]:
-    """The policy and the config it was trained with; the env is rebuilt to size the network."""
+    """The policy and the config it was trained with; the env is rebuilt to size the network.
+
+    A file of another shape (another program's, another version's) is a CheckpointError
+    naming the part that does not fit.
+    """
     try:
         payload: dict[str, Any] = torch.load(path, weights_only=True)
         state_dict, config = payload["state_dict"], payload["config"]
     except Exception as err:  # torch.load raises pickle, zip, EOF and runtime errors alike
-        cause = " ".join(str(err).split())[:200]
-        raise CheckpointError(
-            f"{path} is not a ppo1 checkpoint ({type(err).__name__}: {cause})"
-        ) from err
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), config)
-    cfg = OmegaConf.to_object(merged)
+        raise CheckpointError(f"{path} is not a ppo1 checkpoint ({_cause(err)})") from err
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), config))
+    except (OmegaConfBaseException, ValueError) as err:  # ValueError: ConfigError included
+        raise CheckpointError(f"{path}: its config is not a ppo1 config ({_cause(err)})") from err
     assert isinstance(cfg, TrainConfig)
     env = make_vector_env(cfg.env, 1)
     agent = build_agent(cfg, env)
     env.close()
-    agent.load_state_dict(state_dict)
+    try:
+        agent.load_state_dict(state_dict)
+    except (RuntimeError, TypeError) as err:  # missing or misshapen weights; not a dict
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {cfg.env.id} policy its config describes "
+            f"({_cause(err)})"
+        ) from err
     return agent, cfg

@@ -13,7 +13,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from ppo1.config import NOT_LEARNING
-from ppo1.dashboard import html_page
+from ppo1.dashboard import html_page, out_error
 from ppo1.plots import Curves, compare_figure, params_table_figure
 from ppo1.runs import RunData, add_store_argument, load_run, open_store, resolve_runs
 
@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     client = open_store(args.tracking_uri)
     runs = [load_run(client, run) for run in resolve_runs(client, args.targets, args.filter)]
     page = html_page(f"ppo1: {len(runs)} runs compared", compare_figures(runs))
-    args.out.write_text(page, encoding="utf-8")
+    try:
+        args.out.write_text(page, encoding="utf-8")
+    except OSError as err:
+        out_error(args.out, err)
     print(f"wrote {args.out} ({len(runs)} runs; opens offline in any browser)")
 
 

@@ -10,6 +10,7 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import plotly.graph_objects as go
@@ -83,6 +84,12 @@ def write_figures(folder: Path, run: RunData, page: bool = True) -> list[Path]:
     return paths
 
 
+def out_error(out: Path, err: OSError) -> NoReturn:
+    """`--out` could not be written: one line with the system's reason, not a traceback."""
+    inner = f" ({err.filename})" if err.filename and Path(err.filename) != out else ""
+    exit_with_error(f"cannot write --out {out}: {err.strerror or err}{inner}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m ppo1.dashboard",
@@ -92,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder (default: figures-<id8>)")
     add_store_argument(parser)
     args = parser.parse_args(argv)
+    folder = args.out or Path(f"figures-{args.run_id[:8]}")
+    if folder.exists() and not folder.is_dir():
+        exit_with_error(f"--out {folder} is a file; it takes a folder")
     client = open_store(args.tracking_uri)
     run = load_run(client, get_run(client, args.run_id))
     if TRAINING_METRIC not in run.curves:
@@ -99,8 +109,10 @@ def main(argv: list[str] | None = None) -> None:
             f"run {args.run_id} has no training curves (a sweep's study or trial run, "
             "or a run stopped before its first update): nothing to draw"
         )
-    folder = args.out or Path(f"figures-{args.run_id[:8]}")
-    write_figures(folder, run)
+    try:
+        write_figures(folder, run)
+    except OSError as err:
+        out_error(folder, err)
     print(f"wrote {folder / DASHBOARD} (opens offline in any browser) and {folder}/json/")
 
 

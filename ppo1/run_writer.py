@@ -61,11 +61,34 @@ def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def artifact_folder(database: Path) -> Path:
+    """Where the artifacts of a SQLite store's experiments go: beside the database."""
+    return database.parent / "artifacts"
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts beside a SQLite store; MLflow would otherwise root them in the current cwd."""
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return artifact_folder(Path(uri.removeprefix("sqlite:///"))).resolve().as_uri()
+
+
+def quiet_mlflow() -> None:
+    """MLflow's own output off, here and in the processes this one starts (the environment
+    carries it): we print one line of our own per event.
+
+    Its INFO lines (a new store's table creation) would land amid the progress lines; with a
+    server it prints "View run ... at" when a run ends, and the commands' downloads draw a
+    progress bar. Its warnings still show.
+    """
+    from mlflow.environment_variables import (
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT,
+    )
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)  # type: ignore[no-untyped-call]
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # type: ignore[no-untyped-call]
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
@@ -277,13 +300,14 @@ def main(argv: list[str]) -> int:
             print(json.dumps(value), file=replies, flush=True)
 
     run = json.loads(sys.stdin.buffer.readline())
-    ready = False
     try:
+        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
         from mlflow.tracking import MlflowClient
 
-        # MLflow's INFO lines (a new store's table creation) would land between the trainer's
-        # progress lines, seconds into training; its warnings still show.
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        quiet_mlflow()
+        # A few seconds on a server that stopped answering, not MLflow's ~4 minutes of retries:
+        # the trainer then checks the server itself, and takes the writes over or reports it.
+        os.environ.setdefault(MLFLOW_HTTP_REQUEST_MAX_RETRIES.name, "2")
         client = MlflowClient(uri)
         if run[0] == "create":
             run_id, run_name = create_run(client, *run[1:])
@@ -291,7 +315,6 @@ def main(argv: list[str]) -> int:
             run_id = run[1]
             run_name = client.get_run(run_id).info.run_name  # opens the store
         reply(["ready", run_id, run_name])
-        ready = True
         for line in sys.stdin.buffer:
             if line == _END:
                 return 0
@@ -302,14 +325,9 @@ def main(argv: list[str]) -> int:
         apply(client, run_id, ("tags", {"ppo1.error": ORPHANED}))
         apply(client, run_id, ("terminate", "FAILED"))
         return 1
-    except Exception as err:
-        if ready:  # before it, the trainer opens the store itself and reports what fails
-            message = " ".join(str(err).split()) or type(err).__name__
-            print(
-                f"ppo1.run_writer: {message}; the trainer does the rest",
-                file=sys.stderr,
-                flush=True,
-            )
+    except Exception:
+        # Silently: the trainer redoes what is left with its own client, and reports the
+        # store's error in its one line if that fails too.
         return 1
 
 

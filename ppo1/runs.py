@@ -64,10 +64,6 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_store(uri: str | None) -> MlflowClient:
     """A client on `uri` or the default store, for the command-line tools."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-
-    # The commands print one line of their own; MLflow's download progress bars are noise.
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # type: ignore[no-untyped-call]
     try:
         return open_client(uri or tracking_uri(TrackingConfig()))
     except ConfigError as err:

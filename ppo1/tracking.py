@@ -19,7 +19,15 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.run_writer import Op, Row, RunWriter, apply, create_run
+from ppo1.run_writer import (
+    Op,
+    Row,
+    RunWriter,
+    apply,
+    artifact_folder,
+    create_run,
+    quiet_mlflow,
+)
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
@@ -60,6 +68,11 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server's URI, rather than a store's."""
+    return uri.startswith(("http://", "https://"))
+
+
 def _server_problem(uri: str) -> str | None:
     """Why nothing answers at an http(s) tracking URI, or None if something does."""
     url = f"{uri.rstrip('/')}/health"
@@ -73,48 +86,120 @@ def _server_problem(uri: str) -> str | None:
         return f"no server answers at {url} ({reason})"
 
 
+def _unwritable(directory: Path) -> str | None:
+    """Why no file can be created in `directory`, or None.
+
+    Tried, not read off the permissions: root ignores those, not a read-only mount, and
+    /proc grants them yet takes no file. SQLite writes its journal beside the database.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return None
+    except OSError as err:
+        return f"cannot write in {directory} ({err.strerror or err})"
+
+
 def _sqlite_problem(uri: str) -> str | None:
-    """A SQLite store's directory must exist, except the default mlruns/, which is created.
+    """A SQLite store's directory must exist (except the default mlruns/, which is created)
+    and take writes, as must the artifacts folder beside it.
 
     MLflow creates any missing parents (`sqlite:////nonexistent/dir/x.db` made /nonexistent),
-    so a typo in the path, or three slashes meant as four, would grow a tree silently.
+    so a typo in the path, or three slashes meant as four, would grow a tree silently; and it
+    finds an unwritable store only at the run's first write, after minutes of retries.
     """
-    if not uri.startswith("sqlite:///") or uri == default_tracking_uri():
+    if not uri.startswith("sqlite:///"):
         return None
     path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    if path.name in ("", ":memory:") or path.parent.is_dir():
+    if path.name in ("", ":memory:"):
         return None
-    slashes = (
-        ""
-        if path.is_absolute()
-        else " (sqlite:/// takes a relative path; sqlite://// an absolute one)"
+    if not path.parent.is_dir():
+        if uri == default_tracking_uri():
+            return _unwritable(next(p for p in path.parents if p.is_dir()))
+        slashes = (
+            ""
+            if path.is_absolute()
+            else " (sqlite:/// takes a relative path; sqlite://// an absolute one)"
+        )
+        return f"directory {path.parent} does not exist{slashes}; create it first"
+    if path.exists() and not os.access(path, os.W_OK):  # False on a read-only mount, even for root
+        return f"{path} is read-only"
+    folders = [path.parent, artifact_folder(path)]
+    return next(filter(None, (_unwritable(f) for f in folders if f.is_dir())), None)
+
+
+def _file_store_problem() -> str | None:
+    """A plain path (or a typo: any text without a scheme) means MLflow's file store, which
+    MLflow 3 refuses with a page about its maintenance unless MLFLOW_ALLOW_FILE_STORE is set."""
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
+        return None
+    return (
+        "not a store ppo1 can use: give sqlite:///PATH/mlflow.db (a SQLite file) "
+        "or http://HOST:PORT (a tracking server)"
     )
-    return f"directory {path.parent} does not exist{slashes}; create it first"
 
 
 def store_problem(uri: str) -> str | None:
     """What is wrong with a tracking URI that can be told without MLflow, or None."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    return _server_problem(uri) if scheme in ("http", "https") else _sqlite_problem(uri)
+    if scheme in ("", "file"):
+        return _file_store_problem()
+    return _server_problem(uri) if is_server(uri) else _sqlite_problem(uri)
 
 
-def open_client(uri: str) -> MlflowClient:
-    """A client on a store that answers, or one ConfigError naming the URI and the cause.
+def store_error(uri: str, problem: str) -> ConfigError:
+    """The bad-input error for a store, naming where its URI came from."""
+    if uri == os.environ.get("MLFLOW_TRACKING_URI"):
+        return ConfigError(f"$MLFLOW_TRACKING_URI {uri!r}: {problem}")
+    if uri == default_tracking_uri():
+        return ConfigError(f"the default store {uri!r}: {problem}; set tracking.uri to another")
+    return ConfigError(f"tracking.uri {uri!r}: {problem}")
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (a store's may run over many), or its type."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _connect(uri: str) -> MlflowClient | str:
+    """A client on a store that answers, or why there is none.
 
     MLflow otherwise fails deep in its stack (a filesystem path, an unknown scheme) or, for
     a server that is down, only after minutes of retries; a live server keeps those retries.
     """
     from mlflow.tracking import MlflowClient
 
+    quiet_mlflow()
     problem = store_problem(uri)
-    if problem is None:
-        try:
-            client = MlflowClient(uri)
-            client.search_experiments(max_results=1)
-            return client
-        except Exception as err:  # whatever the store's backend raises: report, not traceback
-            problem = " ".join(str(err).split()) or type(err).__name__
-    raise ConfigError(f"tracking.uri {uri!r}: {problem}")
+    if problem is not None:
+        return problem
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:  # whatever the store's backend raises: report, not traceback
+        return _one_line(err)
+    return client
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on a store that answers, or one ConfigError naming the URI and the cause."""
+    client = _connect(uri)
+    if isinstance(client, str):
+        raise store_error(uri, client)
+    return client
+
+
+class StoreFailedError(RuntimeError):
+    """The tracking store failed after the run began: a failure (exit 1), not bad input."""
+
+
+def store_failed(uri: str, cause: str) -> StoreFailedError:
+    """The error for a store that worked when the run began and fails now."""
+    if is_server(uri):
+        # Refused or timed out, MLflow's error is its last retry's; the health check is plainer.
+        problem = _server_problem(uri)
+        if problem is not None:
+            return StoreFailedError(f"the tracking server at {uri} stopped answering: {problem}")
+    return StoreFailedError(f"the tracking store {uri} failed: {cause}")
 
 
 @contextmanager
@@ -247,6 +332,10 @@ class Tracker:
         self.run_name: str | None = None
         self._client: MlflowClient | None = None
         self._writer: RunWriter | None = None
+        # The store has worked: a server answered, or a run was created. What fails after
+        # that is the store failing, not a bad URI.
+        self._answered = False
+        self._failed = False  # the store failed once training ran
         self._rows: list[Row] = []
         self._staging: tempfile.TemporaryDirectory[str] | None = None
         self._started = self._last_flush = time.monotonic()
@@ -275,7 +364,8 @@ class Tracker:
         if self._writer_client:
             problem = store_problem(self.uri)  # the rest the writer finds, and then this process
             if problem is not None:
-                raise ConfigError(f"tracking.uri {self.uri!r}: {problem}")
+                raise store_error(self.uri, problem)
+            self._answered = is_server(self.uri)
         # Once a run exists (or the writer is creating it), whatever stops the setup (Ctrl-C
         # included) must end it, and `with` calls __exit__ only once __enter__ has returned.
         try:
@@ -291,7 +381,12 @@ class Tracker:
     def _own_client(self) -> tuple[MlflowClient, str]:
         """This process's client, and the run: created here unless the writer created it."""
         if self._client is None:
-            self._client = open_client(self.uri)
+            client = _connect(self.uri)
+            if isinstance(client, str):
+                if not (self._answered or self.run_id is not None):
+                    raise store_error(self.uri, client)
+                raise self._store_failed(client)
+            self._client = client
         if self.run_id is None:
             with _interrupts_deferred():
                 self.run_id, self.run_name = create_run(
@@ -299,10 +394,22 @@ class Tracker:
                 )
         return self._client, self.run_id
 
+    def _store_failed(self, cause: str) -> StoreFailedError:
+        self._failed = True  # the run's end is not written then: it would fail the same way
+        return store_failed(self.uri, cause)
+
+    def _apply(self, op: Op) -> None:
+        """One write by this process's client."""
+        client, run_id = self._own_client()
+        try:
+            apply(client, run_id, op)
+        except Exception as err:  # whatever the store's backend raises
+            raise self._store_failed(_one_line(err)) from err
+
     def _do(self, op: Op) -> None:
         """One write to the run: by the writer if it is the run's client, else here."""
         if not self._writer_owns_run():
-            apply(*self._own_client(), op)
+            self._apply(op)
             return
         assert self._writer is not None
         if op[0] == "artifact":
@@ -325,7 +432,7 @@ class Tracker:
         left = writer.close()
         self._learn_run(writer)
         for op in left:
-            apply(*self._own_client(), op)
+            self._apply(op)
 
     def wait_for_run(self) -> tuple[str, str] | None:
         """The run's id and name, once it exists (the writer may still be creating it)."""
@@ -417,16 +524,25 @@ class Tracker:
             self._learn_run(writer)
         try:
             for op in left:
-                if op[0] != "terminate":
-                    apply(*self._own_client(), op)
+                if op[0] != "terminate" and not self._failed:
+                    self._apply(op)
         except BaseException as err:
             # The last writes failed, or a second Ctrl-C hit them: the run still gets an end.
             if exc is None:
                 status = _failed_status(err)
+            if self._failed and self.run_id is not None:
+                err.add_note(self._fate(status))
             raise
         finally:
-            if terminate in left:
-                apply(*self._own_client(), ("terminate", status))
+            # A store that failed once would fail this too, after minutes of MLflow's retries.
+            if terminate in left and not self._failed:
+                self._apply(("terminate", status))
             if exc is not None and self.run_id is not None:
                 # For whoever reports the exception: only this object knows a run exists.
-                exc.add_note(f"the MLflow run {self.run_id} is marked {status}")
+                exc.add_note(self._fate(status))
+
+    def _fate(self, status: str) -> str:
+        """How the run was left, for the message that reports why it ended."""
+        if self._failed:
+            return f"the MLflow run {self.run_id} stays RUNNING (its end could not be stored)"
+        return f"the MLflow run {self.run_id} is marked {status}"

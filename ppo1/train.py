@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import numpy as np
@@ -36,7 +37,13 @@ from ppo1.optim import FlatAdam
 from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.rollout import Episode, RolloutCollector
 from ppo1.schedules import multiplier, progress
-from ppo1.tracking import Tracker, sigterm_as_interrupt, tracking_uri
+from ppo1.tracking import (
+    StoreFailedError,
+    Tracker,
+    is_server,
+    sigterm_as_interrupt,
+    tracking_uri,
+)
 from ppo1.trial import run_trial
 
 # Called after every update with (env steps so far, that update's metrics); may raise to stop.
@@ -185,7 +192,10 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
         uri = tracking_uri(cfg.tracking)
         lines += [
             f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})",
-            f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
+            f"open it: {uri}"
+            # A server has its UI at its own address; `mlflow ui` opens stores, not servers.
+            if is_server(uri)
+            else f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
             "--port 5000 --workers 1",
         ]
         lines += figures_hint(cfg, result.run_id)
@@ -195,6 +205,12 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
 def notes(err: BaseException) -> list[str]:
     """What the exception picked up on its way out: the Tracker notes the run it ended."""
     return list(getattr(err, "__notes__", []))
+
+
+def exit_failed(message: str, err: BaseException) -> NoReturn:
+    """Exit 1 with one `error: ...` line: training failed, the input was fine."""
+    print("; ".join([f"error: {message}", *notes(err)]), file=sys.stderr)
+    sys.exit(1)
 
 
 register_configs()
@@ -218,8 +234,10 @@ def main(dict_cfg: DictConfig) -> float:
         # What only building the envs or opening the tracking store can tell, before any run.
         exit_with_error(f"invalid config: {err}")
     except NonFiniteLossError as err:
-        print("; ".join([f"error: training diverged: {err}", *notes(err)]), file=sys.stderr)
-        sys.exit(1)
+        exit_failed(f"training diverged: {err}", err)
+    except StoreFailedError as err:
+        # The store stopped working mid-run (a server killed, a disk full): not bad input.
+        exit_failed(str(err), err)
     except KeyboardInterrupt as err:
         print(": ".join(["interrupted", *notes(err)]), file=sys.stderr)
         sys.exit(130)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +76,84 @@ def run_python(
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=check, timeout=timeout
     )
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m module args` with `env` added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The only line on stderr, once the exit code and the absence of tracebacks are checked."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` on a read-only bind mount: as root, permissions would not stop a write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"a read-only bind mount is not permitted here: {mount.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def free_port() -> int:
+    """A port nothing listens on (for now): for a server to start on, or to be refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def mlflow_serving(
+    command: list[str], folder: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`mlflow COMMAND --host 127.0.0.1 --port P`, its URL once it answers, and the process;
+    shut down by its process group afterwards (its workers go down with it)."""
+    port = free_port()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    log = folder / "mlflow-server.log"
+    server = subprocess.Popen(
+        [mlflow, *command, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),  # noqa: SIM115 (closed with the process)
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"mlflow {command[0]} did not answer within 120 s"
+            time.sleep(0.5)
+        yield url, server
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -3,13 +3,6 @@ the compare page, and the dashboard inside a real `mlflow ui`'s artifact viewer.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +15,7 @@ from ppo1.config import TrainConfig
 from ppo1.runs import get_run, load_run, resolve_runs
 from ppo1.train import train
 from tests.browser import offline_page
-from tests.conftest import TINY, refused
+from tests.conftest import TINY, mlflow_serving, refused
 from tests.test_figure_logging import FIGURES
 
 pytestmark = pytest.mark.slow
@@ -108,43 +101,12 @@ def test_compare_page_has_both_runs_curves(
         resolve_runs(client, ["no-such-thing"], "")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def mlflow_ui(store: Store, tmp_path: Path) -> Iterator[str]:
-    """`mlflow ui` on 127.0.0.1 against the test store; shut down by its pid afterwards."""
-    port = free_port()
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    address = ["--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(
-        [mlflow, "ui", "--backend-store-uri", store.uri, *address, "--workers", "1"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "mlflow-ui.log", "wb"),  # noqa: SIM115 (closed with the process)
-        start_new_session=True,  # its own process group: the workers go down with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "mlflow-ui.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow ui did not answer within 120 s"
-            time.sleep(0.5)
+    """`mlflow ui` on 127.0.0.1 against the test store."""
+    command = ["ui", "--backend-store-uri", store.uri, "--workers", "1"]
+    with mlflow_serving(command, tmp_path) as (url, _):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_mlflow_ui_artifact_view_renders_the_dashboard(

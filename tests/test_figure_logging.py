@@ -18,7 +18,7 @@ from ppo1.ratios import summarize
 from ppo1.rollout import Episode
 from ppo1.runs import TRAINING_METRIC, RunData, curves_from_history, resolve_runs
 from ppo1.train import train
-from tests.conftest import TINY, refused
+from tests.conftest import TINY, one_error_line, read_only, refused, run_module
 
 FIGURES = [
     "episode_return",
@@ -189,3 +189,28 @@ def test_an_experiment_compares_its_finished_training_runs_only(
         resolve_runs(client, ["ppo1"], "params.x=")
     with refused(capsys, "no finished training runs in experiment 'ppo1' match"):
         resolve_runs(client, ["ppo1"], "params.seed = '7'")
+
+
+@pytest.mark.slow
+def test_an_unwritable_out_is_one_line_for_compare_and_dashboard(
+    compose_cfg: Callable[[list[str]], TrainConfig], mlflow_uri: str, tmp_path: Path
+) -> None:
+    # Each gave a traceback once the runs were loaded and drawn.
+    run_id = trained_run(compose_cfg, mlflow_uri, "tracking.figures=none", "save_model=false")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    locked = tmp_path / "locked"
+    cases = [
+        ("compare", tmp_path, f"cannot write --out {tmp_path}: Is a directory"),
+        ("compare", tmp_path / "no" / "c.html", "No such file or directory"),
+        ("compare", locked / "c.html", "Read-only file system"),
+        ("dashboard", a_file, f"--out {a_file} is a file; it takes a folder"),
+        ("dashboard", locked, f"cannot write --out {locked}: Read-only file system"),
+    ]
+    with read_only(locked):
+        for module, out, message in cases:
+            proc = run_module(
+                f"ppo1.{module}", run_id, "--out", str(out), "--tracking-uri", mlflow_uri
+            )
+            assert message in one_error_line(proc), (module, out)
+    assert a_file.read_text() == "not a folder"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +19,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ppo1.checkpoint import load_checkpoint
-from ppo1.config import AlgoConfig, TrackingConfig, TrainConfig
+from ppo1.checkpoint import build_agent, load_checkpoint
+from ppo1.config import AlgoConfig, TrackingConfig, TrainConfig, to_plain_dict
 from ppo1.envs import SameStepSyncEnv, make_vector_env
 from ppo1.evaluate import main as evaluate_cli
 from ppo1.evaluation import evaluate
@@ -39,7 +38,16 @@ from ppo1.tracking import (
 from ppo1.train import progress_line, train
 
 from .conftest import CONF_DIR as CONF
-from .conftest import TINY, run_python
+from .conftest import (
+    TINY,
+    free_port,
+    mlflow_serving,
+    one_error_line,
+    read_only,
+    run_module,
+    run_python,
+    wait_until,
+)
 
 Compose = Callable[[list[str]], TrainConfig]
 
@@ -372,13 +380,10 @@ def test_truncation_bootstraps_from_the_final_observation(compose_cfg: Compose) 
     assert (sb.buffer.terminated == sb.buffer.dones).all()
 
 
-def run_train(*overrides: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ppo1.train", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_train(
+    *overrides: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_module("ppo1.train", *overrides, timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize(
@@ -401,23 +406,17 @@ def test_unsupported_env_spaces_fail_before_any_run(
     assert not db.exists()  # the envs are checked before the tracking store is opened
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("uri", "cause"),
     [
-        ("{tmp}/a-directory", "The filesystem tracking backend"),
+        ("{tmp}/a-directory", "not a store ppo1 can use: give sqlite:///PATH/mlflow.db"),
         ("bogus://foo", "unsupported URI 'bogus://foo'"),
         ("http://127.0.0.1:{port}", "no server answers at http://127.0.0.1:{port}/health"),
         ("sqlite:///{tmp}/missing/dir/mlflow.db", "directory {tmp}/missing/dir does not exist"),
     ],
 )
 def test_bad_tracking_uri_fails_fast_with_one_message(tmp_path: Path, uri: str, cause: str) -> None:
-    port = closed_port()
+    port = free_port()
     uri, cause = (s.format(tmp=tmp_path, port=port) for s in (uri, cause))
     start = time.monotonic()
     # MLflow alone retried the dead server for ~250 s, then printed a ~90-line traceback.
@@ -428,6 +427,38 @@ def test_bad_tracking_uri_fails_fast_with_one_message(tmp_path: Path, uri: str, 
     assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: tracking.uri {uri!r}: ")
     assert cause in lines[0]
     assert not (tmp_path / "missing").exists()  # MLflow would have created it
+
+
+@pytest.mark.parametrize("folder", ["mlruns", "mlruns/artifacts"])
+def test_a_read_only_store_fails_before_training(tmp_path: Path, folder: str) -> None:
+    # It failed once training had ended: 614 lines, 15 tracebacks, the trained policy lost.
+    (tmp_path / "mlruns" / "artifacts").mkdir(parents=True)
+    home = {"PPO1_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": ""}
+    with read_only(tmp_path / folder):
+        proc = run_train(*TINY[:-1], "verbose=true", env=home)
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    line = one_error_line(proc)
+    assert line.startswith(f"error: invalid config: the default store {store!r}: ")
+    assert f"cannot write in {tmp_path / folder} (Read-only file system)" in line
+    assert "update" not in proc.stdout
+
+
+def test_a_store_in_an_unwritable_directory_fails_fast() -> None:
+    # MLflow alone retried for ~3.5 minutes, after training, then dropped the run.
+    start = time.monotonic()
+    proc = run_train("tracking.uri=sqlite:////proc/mlflow.db", *TINY[:-1], "verbose=true")
+    assert time.monotonic() - start < 30
+    assert "cannot write in /proc" in one_error_line(proc)
+    assert "update" not in proc.stdout
+
+
+def test_a_garbage_tracking_uri_from_the_environment_is_named_as_such() -> None:
+    # MLflow took it for a file store and printed its page about that store's maintenance.
+    proc = run_train(*TINY, env={"MLFLOW_TRACKING_URI": "garbage"})
+    assert one_error_line(proc) == (
+        "error: invalid config: $MLFLOW_TRACKING_URI 'garbage': not a store ppo1 can use: "
+        "give sqlite:///PATH/mlflow.db (a SQLite file) or http://HOST:PORT (a tracking server)"
+    )
 
 
 def test_the_default_store_directory_is_still_created(
@@ -449,7 +480,52 @@ def test_a_server_that_answers_passes_the_health_check() -> None:
     finally:
         thread.join(timeout=10)
         server.server_close()
-    assert "Connection refused" in str(_server_problem(f"http://127.0.0.1:{closed_port()}"))
+    assert "Connection refused" in str(_server_problem(f"http://127.0.0.1:{free_port()}"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer", [True, False])
+def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
+    tmp_path: Path, writer: bool
+) -> None:
+    writes = f"tracking.writer_process={str(writer).lower()}"
+    # Without the writer, the trainer's own MLflow client retries for ~4 minutes first.
+    retries = {} if writer else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    server_args = ["server", "--backend-store-uri", db, "--workers", "1"]
+    artifacts = ["--artifacts-destination", str(tmp_path / "artifacts")]
+    with mlflow_serving([*server_args, *artifacts], tmp_path) as (url, server):
+        done = run_train(f"tracking.uri={url}", writes, *TINY[:-1], "tracking.figures=none")
+        assert done.returncode == 0, done.stderr
+        # `mlflow ui --backend-store-uri http://...` opens nothing: the server has its own UI.
+        assert f"open it: {url}\n" in done.stdout and "mlflow ui" not in done.stdout
+        assert "View run" not in done.stdout  # MLflow prints it there when its client ends a run
+        (run,) = MlflowClient(db).search_runs(["1"])
+        evaluated = run_module("ppo1.evaluate", run.info.run_id, "--tracking-uri", url)
+        assert evaluated.returncode == 0, evaluated.stderr
+        for proc in (done, evaluated):  # no "View run ... at:" lines, no download progress bar
+            assert proc.stderr == ""
+
+        long_run = ["total_timesteps=1000000", f"tracking.uri={url}", writes]
+        training = subprocess.Popen(
+            [sys.executable, "-m", "ppo1.train", *long_run],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **retries},
+        )
+        wait_until(lambda: len(MlflowClient(db).search_runs(["1"])) == 2, 120, training)
+        assert training.stdout is not None and training.stdout.readline().startswith("update")
+        os.killpg(server.pid, signal.SIGKILL)
+        stdout, stderr = training.communicate(timeout=120)
+    (running,) = MlflowClient(db).search_runs(["1"], "attributes.status = 'RUNNING'")
+    line = one_error_line(subprocess.CompletedProcess([], training.returncode, stdout, stderr), 1)
+    # It said "invalid config", exit 2, as if the URI had been wrong from the start.
+    assert line == (
+        f"error: the tracking server at {url} stopped answering: no server answers at "
+        f"{url}/health ([Errno 111] Connection refused); the MLflow run {running.info.run_id} "
+        "stays RUNNING (its end could not be stored)"
+    )
 
 
 def test_ctrl_c_while_the_run_is_set_up_marks_it_killed(
@@ -575,6 +651,25 @@ def test_evaluate_refuses_what_it_cannot_evaluate_with_one_message(
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err, (args, err)
         assert "Traceback" not in err
+
+
+def test_evaluate_refuses_checkpoints_of_another_shape_with_one_line(
+    compose_cfg: Compose, tmp_path: Path
+) -> None:
+    # Each printed 53-61 lines of traceback (OmegaConf's, then torch's load_state_dict).
+    cartpole = to_plain_dict(compose_cfg([]))
+    pendulum_env = make_vector_env(compose_cfg(["env=pendulum"]).env, 1)
+    pendulum = build_agent(compose_cfg(["env=pendulum"]), pendulum_env).state_dict()
+    cases = {
+        "empty.pt": ({}, cartpole, "its weights do not fit the CartPole-v1 policy"),
+        "other-env.pt": (pendulum, cartpole, "size mismatch for pi_body.0.weight"),
+        "unknown-key.pt": ({}, {**cartpole, "bogus": 1}, "ConfigKeyError: Key 'bogus' not in"),
+    }
+    for name, (state_dict, config, message) in cases.items():
+        torch.save({"state_dict": state_dict, "config": config}, tmp_path / name)
+        proc = run_module("ppo1.evaluate", str(tmp_path / name))
+        line = one_error_line(proc)
+        assert line.startswith(f"error: {tmp_path / name}: its ") and message in line, line
 
 
 def test_progress_line_shows_a_dash_until_an_episode_ends(compose_cfg: Compose) -> None:
