@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +23,52 @@ def build_agent(cfg: TrainConfig, env: VectorEnv) -> ActorCritic:
     return ActorCritic(obs_dim, env.single_action_space, cfg.algo.net, norm)  # type: ignore[arg-type]
 
 
+def save_atomically(payload: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename it over `path`: a process
+    killed mid-write leaves the previous file whole, never a truncated one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
 def save_checkpoint(path: Path, agent: ActorCritic, cfg: TrainConfig) -> None:
     """Plain tensors and containers only, so `torch.load(..., weights_only=True)` can read it."""
-    torch.save({"state_dict": agent.state_dict(), "config": to_plain_dict(cfg)}, path)
+    save_atomically({"state_dict": agent.state_dict(), "config": to_plain_dict(cfg)}, path)
 
 
 class CheckpointError(ValueError):
     """A file that is not a checkpoint `save_checkpoint` wrote."""
 
 
-def load_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig]:
-    """The policy and the config it was trained with; the env is rebuilt to size the network."""
+def load_payload(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A checkpoint's contents, which must hold `keys`; anything else is a CheckpointError."""
     try:
         payload: dict[str, Any] = torch.load(path, weights_only=True)
-        state_dict, config = payload["state_dict"], payload["config"]
+        missing = [key for key in keys if key not in payload]
+        if missing:
+            raise KeyError(missing[0])
     except Exception as err:  # torch.load raises pickle, zip, EOF and runtime errors alike
         cause = " ".join(str(err).split())[:200]
         raise CheckpointError(
             f"{path} is not a ppo1 checkpoint ({type(err).__name__}: {cause})"
         ) from err
+    return payload
+
+
+def config_from_plain(config: dict[str, Any]) -> TrainConfig:
+    """The typed config a checkpoint was written with (its checks run again)."""
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), config)
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, TrainConfig)
+    return cfg
+
+
+def load_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig]:
+    """The policy and the config it was trained with; the env is rebuilt to size the network."""
+    payload = load_payload(path, ("state_dict", "config"))
+    cfg = config_from_plain(payload["config"])
     env = make_vector_env(cfg.env, 1)
     agent = build_agent(cfg, env)
     env.close()
-    agent.load_state_dict(state_dict)
+    agent.load_state_dict(payload["state_dict"])
     return agent, cfg

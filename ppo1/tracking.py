@@ -19,7 +19,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.run_writer import Op, Row, RunWriter, apply, create_run
+from ppo1.run_writer import Op, Row, RunWriter, apply, create_run, process_tags
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
@@ -209,6 +209,16 @@ def _ending(exc: BaseException | None) -> tuple[str, dict[str, str]]:
     return _failed_status(exc), {"ppo1.error": f"{type(exc).__name__}: {exc}"[:5000]}
 
 
+class StoreError(RuntimeError):
+    """The tracking store failed a write of a run that exists (a full disk, a server gone)."""
+
+
+def _store_error(op: Op, err: Exception) -> StoreError:
+    what = {"artifact": f"storing {op[1]}", "text": f"storing {op[2]}"}.get(op[0], f"its {op[0]}")
+    cause = " ".join(str(err).split())[:300] or type(err).__name__
+    return StoreError(f"the tracking store failed {what}: {type(err).__name__}: {cause}")
+
+
 class Tracker:
     """A context manager around one MLflow run; a no-op when tracking is disabled.
 
@@ -231,10 +241,14 @@ class Tracker:
         tags: dict[str, str] | None = None,
         *,
         writer_client: bool | None = None,
+        run_id: str | None = None,
     ) -> None:
         """`writer_client`: whether the writer process is the run's only client (by default,
-        when mlflow is not imported here: importing it would cost what the writer saves)."""
+        when mlflow is not imported here: importing it would cost what the writer saves).
+        `run_id`: continue this existing run (a resumed training) instead of creating one;
+        its params stay as they are and it is RUNNING again."""
         self.cfg = cfg
+        self._resumes = run_id
         self.uri = tracking_uri(cfg)
         self.params = flatten(params)
         self.tags = dict(tags or {})
@@ -250,7 +264,7 @@ class Tracker:
         self._writes_inline = not cfg.writer_process or os.name != "posix" or usable_cpus() < 2
         if writer_client is None:
             writer_client = "mlflow" not in sys.modules
-        self._writer_client = writer_client and not self._writes_inline
+        self._writer_client = writer_client and not self._writes_inline and run_id is None
 
     @property
     def active(self) -> bool:
@@ -267,6 +281,7 @@ class Tracker:
         commit = git_commit()
         if commit:
             self.tags["mlflow.source.git.commit"] = commit
+        self.tags.update(process_tags())
         if self._writer_client:
             problem = store_problem(self.uri)  # the rest the writer finds, and then this process
             if problem is not None:
@@ -274,6 +289,13 @@ class Tracker:
         # Once a run exists (or the writer is creating it), whatever stops the setup (Ctrl-C
         # included) must end it, and `with` calls __exit__ only once __enter__ has returned.
         try:
+            if self._resumes is not None:
+                self.run_id = self._resumes
+                client, _ = self._own_client()
+                self.run_name = client.get_run(self.run_id).info.run_name
+                self._do(("reopen",))
+                self._do(("tags", self.tags))
+                return self
             if self._writer_client:
                 run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags, self._start_ms]
                 self._writer = RunWriter(self.uri, run)
@@ -297,7 +319,7 @@ class Tracker:
     def _do(self, op: Op) -> None:
         """One write to the run: by the writer if it is the run's client, else here."""
         if not self._writer_owns_run():
-            apply(*self._own_client(), op)
+            self._apply(op)
             return
         assert self._writer is not None
         if op[0] == "artifact":
@@ -320,7 +342,15 @@ class Tracker:
         left = writer.close()
         self._learn_run(writer)
         for op in left:
-            apply(*self._own_client(), op)
+            self._apply(op)
+
+    def _apply(self, op: Op) -> None:
+        """One write by this process's client; a store that fails it raises StoreError."""
+        client, run_id = self._own_client()
+        try:
+            apply(client, run_id, op)
+        except Exception as err:
+            raise _store_error(op, err) from err
 
     def wait_for_run(self) -> tuple[str, str] | None:
         """The run's id and name, once it exists (the writer may still be creating it)."""
@@ -410,17 +440,22 @@ class Tracker:
             left = writer.close(only_if_ready=True) + left
         if writer is not None:
             self._learn_run(writer)
+        why: dict[str, str] = {}
         try:
             for op in left:
                 if op[0] != "terminate":
-                    apply(*self._own_client(), op)
+                    self._apply(op)
         except BaseException as err:
             # The last writes failed, or a second Ctrl-C hit them: the run still gets an end.
             if exc is None:
-                status = _failed_status(err)
+                status, why = _ending(err)
+                if self.run_id is not None:
+                    err.add_note(f"the MLflow run {self.run_id} is marked {status}")
             raise
         finally:
             if terminate in left:
+                if why:
+                    apply(*self._own_client(), ("tags", why))
                 apply(*self._own_client(), ("terminate", status))
             if exc is not None and self.run_id is not None:
                 # For whoever reports the exception: only this object knows a run exists.
