@@ -18,8 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from ppo1.checkpoint import load_checkpoint
 from ppo1.config import TrackingConfig, TrainConfig
-from ppo1.resume import CHECKPOINT_TAG, POLICY_FILE, RESUME_FILE
+from ppo1.resume import CHECKPOINT_TAG, POLICY_FILE, RESUME_FILE, prepare_resume
 from ppo1.run_writer import DIED
+from ppo1.runs import load_run
 from ppo1.tracking import Tracker, usable_cpus
 from ppo1.train import train
 
@@ -281,3 +282,32 @@ def test_a_full_artifact_store_keeps_the_model_and_says_where(tmp_path: Path) ->
     assert run.info.status == "FAILED"
     assert "StoreError" in run.data.tags["ppo1.error"]
     assert {"config.yaml", "model"} <= listed and model == {"model/policy.pt"}
+
+
+@pytest.mark.slow
+def test_the_ratio_snapshots_and_figures_span_the_resumed_run(
+    compose_cfg: Compose, mlflow_uri: str
+) -> None:
+    overrides = ["total_timesteps=2560", *TINY[1:], f"tracking.uri={mlflow_uri}"]
+    overrides += ["tracking.figures=light", "checkpoint_every=3"]
+
+    def stop_at_update_4(step: int, _: dict[str, float]) -> None:
+        if step == 4 * 256:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_cfg(overrides), on_update=stop_at_update_4)
+    client = MlflowClient(mlflow_uri)
+    run_id = the_run(client)
+    assert steps(client, run_id) == [256 * u for u in range(1, 5)]
+    resume_at = [f"resume={run_id}", f"tracking.uri={mlflow_uri}"]
+    cfg, resume = prepare_resume(compose_cfg([*overrides, "resume=" + run_id]), resume_at)
+    assert resume.update == 4 and resume.logged["losses/kl"] == 4 * 256
+    result = train(cfg, resume=resume)
+    assert result.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    data = load_run(client, client.get_run(run_id))
+    assert [s.update for s in data.snapshots] == list(range(1, 11))
+    assert [s.step for s in data.snapshots] == [256 * u for u in range(1, 11)]
+    # Only the latest snapshot keeps its (r, A) sample, as in an uninterrupted run.
+    assert [bool(s.ratio) for s in data.snapshots] == [False] * 9 + [True]
+    assert steps(client, run_id) == [256 * u for u in range(1, 11)]
