@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ppo1.checkpoint import load_checkpoint
 from ppo1.config import TrackingConfig, TrainConfig
 from ppo1.resume import CHECKPOINT_TAG, POLICY_FILE, RESUME_FILE, prepare_resume
-from ppo1.run_writer import DIED
+from ppo1.run_writer import DIED, PID_START_TAG, PID_TAG
 from ppo1.runs import load_run
 from ppo1.tracking import Tracker, usable_cpus
 from ppo1.train import train
@@ -311,3 +311,19 @@ def test_the_ratio_snapshots_and_figures_span_the_resumed_run(
     # Only the latest snapshot keeps its (r, A) sample, as in an uninterrupted run.
     assert [bool(s.ratio) for s in data.snapshots] == [False] * 9 + [True]
     assert steps(client, run_id) == [256 * u for u in range(1, 11)]
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_running(mlflow_uri: str) -> None:
+    """The pid alone could now be another process's: its start time tells them apart."""
+    cfg = TrackingConfig(uri=mlflow_uri, writer_process=False)
+    client = MlflowClient(mlflow_uri)
+    with Tracker(cfg, {}) as first:
+        assert first.run_id is not None
+        tags = client.get_run(first.run_id).data.tags
+        assert tags[PID_TAG] == str(os.getpid()) and tags[PID_START_TAG]
+        # As if this process's pid had been another's, which has since exited.
+        client.set_tag(first.run_id, PID_START_TAG, "1")
+        with Tracker(cfg, {}):
+            pass
+        run = client.get_run(first.run_id)
+        assert run.info.status == "FAILED" and run.data.tags["ppo1.error"] == DIED
