@@ -293,8 +293,9 @@ class Tracker:
                 self.run_id = self._resumes
                 client, _ = self._own_client()
                 self.run_name = client.get_run(self.run_id).info.run_name
-                self._do(("reopen",))
+                # This process's tags first: a RUNNING run with a dead pid is ended by others.
                 self._do(("tags", self.tags))
+                self._do(("reopen",))
                 return self
             if self._writer_client:
                 run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags, self._start_ms]

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from ppo1.checkpoint import load_checkpoint
 from ppo1.config import TrackingConfig, TrainConfig
+from ppo1.optim import FlatAdam
 from ppo1.resume import CHECKPOINT_TAG, POLICY_FILE, RESUME_FILE, prepare_resume
 from ppo1.run_writer import DIED, PID_START_TAG, PID_TAG
 from ppo1.runs import load_run
@@ -327,3 +328,32 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(mlflow_uri: str) -> None:
             pass
         run = client.get_run(first.run_id)
         assert run.info.status == "FAILED" and run.data.tags["ppo1.error"] == DIED
+
+
+def test_flat_adam_continues_from_its_saved_state(tmp_path: Path) -> None:
+    """Moments and step count round-trip through a weights_only checkpoint."""
+
+    def adam_step(net: torch.nn.Linear, optimizer: FlatAdam) -> None:
+        optimizer.zero_grad()
+        net(torch.ones(4, 3)).square().sum().backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    trained = torch.nn.Linear(3, 2)
+    optimizer = FlatAdam(trained.parameters(), lr=0.1)
+    for _ in range(3):
+        adam_step(trained, optimizer)
+    torch.save({"net": trained.state_dict(), "adam": optimizer.state_dict()}, tmp_path / "s.pt")
+    saved = torch.load(tmp_path / "s.pt", weights_only=True)
+    copies = []
+    for restore in (True, False):
+        net = torch.nn.Linear(3, 2)
+        net.load_state_dict(saved["net"])
+        restored = FlatAdam(net.parameters(), lr=0.1)
+        if restore:
+            restored.load_state_dict(saved["adam"])
+        adam_step(net, restored)
+        copies.append(net.weight.detach().clone())
+    adam_step(trained, optimizer)
+    assert torch.equal(copies[0], trained.weight.detach())
+    assert not torch.equal(copies[1], trained.weight.detach())  # a fresh Adam steps otherwise
