@@ -269,9 +269,9 @@ class Loop:
 
     def on_the_way_out(self, err: BaseException) -> None:
         """Save what a stop left: a checkpoint of the last finished update, or its metrics."""
-        if not self.in_update:
-            if self.folder is not None:
-                self.checkpoint()
+        if not self.in_update and self.folder is not None:
+            self.checkpoint()
+        elif not self.in_update:
             self.metrics.release()
         elif not (self.periodic and isinstance(err, KeyboardInterrupt)):
             # Cut mid-update (a diverged loss; without checkpoints, a second Ctrl-C): the
