@@ -397,7 +397,8 @@ def train(
     except BaseException as err:
         if result.policy is not None:
             err.add_note(f"the policy is saved at {result.policy}")
-        if isinstance(err, KeyboardInterrupt | StoreError) and loop and loop.saved_update >= 0:
+        # A diverged run would diverge again; anything else may be continued.
+        if not isinstance(err, NonFiniteLossError) and loop and loop.saved_update >= 0:
             again = tracker.run_id if tracker.run_id is not None else folder
             err.add_note(f"to resume: python -m ppo1.train resume={again}")
         raise
