@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,17 @@ def build_agent(cfg: TrainConfig, env: VectorEnv) -> ActorCritic:
     return ActorCritic(obs_dim, env.single_action_space, cfg.algo.net, norm)  # type: ignore[arg-type]
 
 
+def save_atomically(payload: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename it over `path`: a process
+    killed mid-write leaves the previous file whole, never a truncated one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
 def save_checkpoint(path: Path, agent: ActorCritic, cfg: TrainConfig) -> None:
     """Plain tensors and containers only, so `torch.load(..., weights_only=True)` can read it."""
-    torch.save({"state_dict": agent.state_dict(), "config": to_plain_dict(cfg)}, path)
+    save_atomically({"state_dict": agent.state_dict(), "config": to_plain_dict(cfg)}, path)
 
 
 class CheckpointError(ValueError):
@@ -37,27 +46,41 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
+def load_payload(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A checkpoint's contents, which must hold `keys`; anything else is a CheckpointError."""
+    try:
+        payload: dict[str, Any] = torch.load(path, weights_only=True)
+        missing = [key for key in keys if key not in payload]
+        if missing:
+            raise KeyError(missing[0])
+    except Exception as err:  # torch.load raises pickle, zip, EOF and runtime errors alike
+        raise CheckpointError(f"{path} is not a ppo1 checkpoint ({_cause(err)})") from err
+    return payload
+
+
+def config_from_plain(config: dict[str, Any], where: str) -> TrainConfig:
+    """The typed config a checkpoint was written with (its checks run again)."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), config))
+    except (OmegaConfBaseException, ValueError) as err:  # ValueError: ConfigError included
+        raise CheckpointError(f"{where}: its config is not a ppo1 config ({_cause(err)})") from err
+    assert isinstance(cfg, TrainConfig)
+    return cfg
+
+
 def load_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig]:
     """The policy and the config it was trained with; the env is rebuilt to size the network.
 
     A file of another shape (another program's, another version's) is a CheckpointError
     naming the part that does not fit.
     """
-    try:
-        payload: dict[str, Any] = torch.load(path, weights_only=True)
-        state_dict, config = payload["state_dict"], payload["config"]
-    except Exception as err:  # torch.load raises pickle, zip, EOF and runtime errors alike
-        raise CheckpointError(f"{path} is not a ppo1 checkpoint ({_cause(err)})") from err
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), config))
-    except (OmegaConfBaseException, ValueError) as err:  # ValueError: ConfigError included
-        raise CheckpointError(f"{path}: its config is not a ppo1 config ({_cause(err)})") from err
-    assert isinstance(cfg, TrainConfig)
+    payload = load_payload(path, ("state_dict", "config"))
+    cfg = config_from_plain(payload["config"], str(path))
     env = make_vector_env(cfg.env, 1)
     agent = build_agent(cfg, env)
     env.close()
     try:
-        agent.load_state_dict(state_dict)
+        agent.load_state_dict(payload["state_dict"])
     except (RuntimeError, TypeError) as err:  # missing or misshapen weights; not a dict
         raise CheckpointError(
             f"{path}: its weights do not fit the {cfg.env.id} policy its config describes "

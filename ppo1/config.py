@@ -351,6 +351,14 @@ class TrainConfig:
     # Print one progress line per update.
     verbose: bool = True
     save_model: bool = True
+    # Write a resumable checkpoint every this many updates (and on Ctrl-C/SIGTERM and at the
+    # end); 0: only on Ctrl-C/SIGTERM and at the end. See docs/resume.md.
+    checkpoint_every: int = 10
+    # Where runs' checkpoint folders go; null: beside the SQLite store (<its dir>/checkpoints),
+    # else the project's mlruns/checkpoints; an untracked run writes them only if this is set.
+    checkpoint_dir: str | None = None
+    # Continue a run: its MLflow run id, or the path of its checkpoint folder or resume.pt.
+    resume: str | None = None
     # Set by `sweep=<name>` (an Optuna sweep, run with -m); null for a plain training run.
     sweep: SweepConfig | None = None
 
@@ -372,6 +380,10 @@ class TrainConfig:
                     f"total_timesteps must be >= 1, got {self.total_timesteps}",
                 ),
                 (self.torch_threads < 1, f"torch_threads must be >= 1, got {self.torch_threads}"),
+                (
+                    self.checkpoint_every < 0,
+                    f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
+                ),
                 # Gymnasium and NumPy seeding take only non-negative integers.
                 (self.seed < 0, f"seed must be >= 0, got {self.seed}"),
                 (
@@ -475,7 +487,16 @@ def to_train_config_or_exit(cfg: DictConfig) -> TrainConfig:
 
 # Settings (dotted-key prefixes) that do not change what a run learns: runs differing only in
 # them are seeds of one configuration (compare), and a sweep may resume with other values.
-NOT_LEARNING = ("seed", "tracking.", "verbose", "save_model", "torch_threads")
+NOT_LEARNING = (
+    "seed",
+    "tracking.",
+    "verbose",
+    "save_model",
+    "torch_threads",
+    "checkpoint_every",
+    "checkpoint_dir",
+    "resume",
+)
 
 
 def to_plain_dict(cfg: TrainConfig) -> dict[str, Any]:

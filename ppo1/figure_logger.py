@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ppo1.config import AdvNorm, FiguresMode, TrainConfig
 from ppo1.dashboard import write_figures
 from ppo1.ppo import UpdateStats, normalize_advantages
-from ppo1.ratios import RatioSnapshot, summarize
+from ppo1.ratios import RatioSnapshot, from_json, summarize, to_json
 from ppo1.runs import FIGURES_DIR, RunData, curves_from_history, label
 from ppo1.tracking import Tracker
 
@@ -49,9 +49,19 @@ class FigureLogger:
             )
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The snapshots so far and the sampling RNG: a resumed run's figures cover it all."""
+        return {"rng": self.rng.bit_generator.state, "snapshots": to_json(self.snapshots)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.snapshots = from_json(state["snapshots"])
+
     def maybe_log(self, update: int, result: TrainResult) -> None:
+        """The figures every `tracking.figures_every` updates; those after the last update
+        are `log`ged by the trainer once the model is stored (small artifacts first)."""
         every = self.cfg.tracking.figures_every
-        if self.enabled and (update == self.cfg.num_updates or (every and update % every == 0)):
+        if self.enabled and every and update % every == 0 and update < self.cfg.num_updates:
             self.log(result)
 
     def log(self, result: TrainResult) -> None:
@@ -64,7 +74,11 @@ class FigureLogger:
         )
         with tempfile.TemporaryDirectory() as tmp:
             page = self.cfg.tracking.figures is FiguresMode.full
-            for path in write_figures(Path(tmp), data, page=page):
+            # Smallest first: a store that fills up fails on the ~5 MB page, not on the data.
+            paths = sorted(
+                write_figures(Path(tmp), data, page=page), key=lambda p: p.stat().st_size
+            )
+            for path in paths:
                 folder = PurePosixPath(FIGURES_DIR, *path.parent.relative_to(tmp).parts)
                 self.tracker.log_artifact(path, str(folder))
 

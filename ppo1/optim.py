@@ -56,6 +56,15 @@ class FlatAdam:
         """Adam steps taken so far."""
         return int(self._step)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The moments and step count (the parameters are the module's to save)."""
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self._step}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Copied in place: the buffers stay the ones the fused kernel is handed."""
+        for name in ("exp_avg", "exp_avg_sq", "_step"):
+            getattr(self, name).copy_(state[name.lstrip("_")])
+
     def zero_grad(self) -> None:
         self.grads.zero_()
 

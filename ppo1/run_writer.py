@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
 # (key, value, timestamp in ms, step): one metric row, as MLflow stores it.
 Row = tuple[str, float, int, int]
 # One write to a run: ("params", {name: value}), ("metrics", [Row, ...]), ("tags", {name:
-# value}), ("artifact", local path, artifact folder or None), ("text", text, artifact file)
-# or ("terminate", "FINISHED" | "KILLED" | "FAILED").
+# value}), ("artifact", local path, artifact folder or None), ("text", text, artifact file),
+# ("reopen",) (a resumed run) or ("terminate", "FINISHED" | "KILLED" | "FAILED").
 Op = tuple[Any, ...]
 T = TypeVar("T")
 
@@ -55,6 +56,62 @@ _PIPE_BYTES = 1 << 20
 _END = b"end\n"
 # Set on a run whose training process went away without ending it (killed, crashed hard).
 ORPHANED = "the training process exited without ending its run (killed?)"
+# Set on a RUNNING run whose training process and writer both died (a whole process group
+# killed, the machine rebooted): nobody was left to end it, so the next client of the store does.
+DIED = "the training process and its writer died without ending the run (killed together?)"
+# Tags every run gets: the machine and the training process, so that a later client can tell a
+# run in progress from one whose process is gone. The start time tells a reused pid apart.
+HOST_TAG, PID_TAG, PID_START_TAG = "ppo1.host", "ppo1.pid", "ppo1.pid_start"
+
+
+def process_start(pid: int) -> str | None:
+    """When a live process started (clock ticks since boot, Linux), None if it is not running;
+    "" where /proc cannot tell (another OS) and the process exists."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # it exists, owned by someone else
+        return ""
+    # fields[0] is the state (field 3 of stat), fields[19] the start time (field 22).
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_tags() -> dict[str, str]:
+    """This process, as a run's tags; see `end_dead_runs`."""
+    pid = os.getpid()
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(pid),
+        PID_START_TAG: process_start(pid) or "",
+    }
+
+
+def end_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End FAILED the experiment's RUNNING runs that this host trained and whose training
+    process is gone (one search, filtered on status and host); returns their ids."""
+    host = socket.gethostname().replace("'", "")
+    runs = client.search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    dead = []
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        started = process_start(int(pid)) if pid.isdigit() else ""
+        if started is None or started not in ("", tags.get(PID_START_TAG, "")):
+            apply(client, run.info.run_id, ("tags", {"ppo1.error": DIED}))
+            apply(client, run.info.run_id, ("terminate", "FAILED"))
+            dead.append(run.info.run_id)
+    return dead
 
 
 def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -126,6 +183,7 @@ def create_run(
     duration is end minus start.
     """
     experiment_id = get_or_create_experiment(client, experiment)
+    end_dead_runs(client, experiment_id)
     run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=run_name)
     return run.info.run_id, run.info.run_name
 
@@ -149,6 +207,11 @@ def apply(client: MlflowClient, run_id: str, op: Op) -> None:
             client.log_text(run_id, text, file)
         case ("terminate", str(status)):
             client.set_terminated(run_id, status)
+        case ("reopen",):
+            # A resumed run: RUNNING again, without the error of the attempt that stopped.
+            client.update_run(run_id, "RUNNING")
+            if "ppo1.error" in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, "ppo1.error")
         case _:
             raise ValueError(f"unknown run operation {op[:1]!r}")
 

@@ -26,6 +26,7 @@ from ppo1.run_writer import (
     apply,
     artifact_folder,
     create_run,
+    process_tags,
     quiet_mlflow,
 )
 
@@ -321,10 +322,14 @@ class Tracker:
         tags: dict[str, str] | None = None,
         *,
         writer_client: bool | None = None,
+        run_id: str | None = None,
     ) -> None:
         """`writer_client`: whether the writer process is the run's only client (by default,
-        when mlflow is not imported here: importing it would cost what the writer saves)."""
+        when mlflow is not imported here: importing it would cost what the writer saves).
+        `run_id`: continue this existing run (a resumed training) instead of creating one;
+        its params stay as they are and it is RUNNING again."""
         self.cfg = cfg
+        self._resumes = run_id
         self.uri = tracking_uri(cfg)
         self.params = flatten(params)
         self.tags = dict(tags or {})
@@ -344,7 +349,7 @@ class Tracker:
         self._writes_inline = not cfg.writer_process or os.name != "posix" or usable_cpus() < 2
         if writer_client is None:
             writer_client = "mlflow" not in sys.modules
-        self._writer_client = writer_client and not self._writes_inline
+        self._writer_client = writer_client and not self._writes_inline and run_id is None
 
     @property
     def active(self) -> bool:
@@ -361,6 +366,7 @@ class Tracker:
         commit = git_commit()
         if commit:
             self.tags["mlflow.source.git.commit"] = commit
+        self.tags.update(process_tags())
         if self._writer_client:
             problem = store_problem(self.uri)  # the rest the writer finds, and then this process
             if problem is not None:
@@ -369,6 +375,14 @@ class Tracker:
         # Once a run exists (or the writer is creating it), whatever stops the setup (Ctrl-C
         # included) must end it, and `with` calls __exit__ only once __enter__ has returned.
         try:
+            if self._resumes is not None:
+                self.run_id = self._resumes
+                client, _ = self._own_client()
+                self.run_name = client.get_run(self.run_id).info.run_name
+                # This process's tags first: a RUNNING run with a dead pid is ended by others.
+                self._do(("tags", self.tags))
+                self._do(("reopen",))
+                return self
             if self._writer_client:
                 run = ["create", self.cfg.experiment, self.cfg.run_name, self.tags, self._start_ms]
                 self._writer = RunWriter(self.uri, run)
@@ -404,6 +418,14 @@ class Tracker:
         try:
             apply(client, run_id, op)
         except Exception as err:  # whatever the store's backend raises
+            if op[0] in ("artifact", "text"):
+                # A file the store could not take (a full disk): its runs table may still
+                # answer, so the run's end is still written.
+                name = op[1] if op[0] == "artifact" else op[2]
+                raise StoreFailedError(
+                    f"the tracking store failed storing {name}: {type(err).__name__}: "
+                    f"{_one_line(err)}"
+                ) from err
             raise self._store_failed(_one_line(err)) from err
 
     def _do(self, op: Op) -> None:
@@ -522,6 +544,7 @@ class Tracker:
             left = writer.close(only_if_ready=True) + left
         if writer is not None:
             self._learn_run(writer)
+        why: dict[str, str] = {}
         try:
             for op in left:
                 if op[0] != "terminate" and not self._failed:
@@ -529,13 +552,15 @@ class Tracker:
         except BaseException as err:
             # The last writes failed, or a second Ctrl-C hit them: the run still gets an end.
             if exc is None:
-                status = _failed_status(err)
-            if self._failed and self.run_id is not None:
+                status, why = _ending(err)
+            if self.run_id is not None:
                 err.add_note(self._fate(status))
             raise
         finally:
             # A store that failed once would fail this too, after minutes of MLflow's retries.
             if terminate in left and not self._failed:
+                if why:
+                    self._apply(("tags", why))
                 self._apply(("terminate", status))
             if exc is not None and self.run_id is not None:
                 # For whoever reports the exception: only this object knows a run exists.

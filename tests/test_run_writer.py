@@ -218,7 +218,9 @@ def test_without_a_writer_the_trainer_writes_every_row_itself(
 ) -> None:
     for timer in ("_WRITER_AFTER_S", "_FLUSH_EVERY_S", "_WRITE_EVERY_S"):
         monkeypatch.setattr(f"ppo1.tracking.{timer}", 0.0)  # every update, whichever writes
+    # A checkpoint every update: rows go to the tracker once a checkpoint holds their update.
     overrides = ["total_timesteps=2560", *TINY[1:], f"tracking.uri={mlflow_uri}"]
+    overrides.append("checkpoint_every=1")
     cfg = compose_cfg([*overrides, why] if why.startswith("tracking.") else overrides)
     client = MlflowClient(mlflow_uri)
     checked: list[int] = []

@@ -595,7 +595,9 @@ def test_ctrl_c_message_names_the_run_only_when_there_is_one(mlflow_uri: str) ->
     assert tracked.returncode == 130 and run.info.status == "KILLED"
     # The last line: MLflow logs INFO lines of its own when it creates a store.
     last = tracked.stderr.strip().splitlines()[-1]
-    assert last == f"interrupted: the MLflow run {run.info.run_id} is marked KILLED"
+    run_id = run.info.run_id
+    resume = f"to resume: python -m ppo1.train resume={run_id}"
+    assert last == f"interrupted: the MLflow run {run_id} is marked KILLED; {resume}"
 
 
 def test_sigterm_ends_the_run_killed_like_ctrl_c(mlflow_uri: str) -> None:
@@ -605,7 +607,7 @@ def test_sigterm_ends_the_run_killed_like_ctrl_c(mlflow_uri: str) -> None:
     assert done.returncode == 130 and run.info.status == "KILLED"
     assert MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "losses/kl")
     last = done.stderr.strip().splitlines()[-1]
-    assert last == f"interrupted: the MLflow run {run.info.run_id} is marked KILLED"
+    assert last.startswith(f"interrupted: the MLflow run {run.info.run_id} is marked KILLED; ")
 
 
 def test_divergence_message_mentions_no_run_when_untracked() -> None:
