@@ -18,19 +18,12 @@ from torch import Tensor
 from ppo1.checkpoint import build_agent, load_checkpoint, save_checkpoint
 from ppo1.config import Activation, AlgoConfig, EnvConfig, NetworkConfig, TrainConfig
 from ppo1.envs import make_vector_env
+from ppo1.losses import approx_kl, clip_active, ppo_loss
 from ppo1.networks import ActorCritic, ObsNormalizer
 from ppo1.optim import FlatAdam
-from ppo1.ppo import (
-    Batch,
-    approx_kl,
-    clip_active,
-    normalize_advantages,
-    ppo_loss,
-    ppo_loss_grad,
-    ppo_update,
-    step_losses,
-)
+from ppo1.ppo import fast_update, ppo_loss_grad
 from ppo1.rollout import RolloutCollector, gae
+from ppo1.update import Batch, normalize_advantages, step_losses
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 ROLLOUT_KEYS = (
@@ -164,7 +157,7 @@ def test_rollouts_and_updates_match_reference(env_id: str, shared: bool) -> None
             algo.gamma,
             algo.gae_lambda,
         )
-        ppo_update(fast, fast_opt, Batch.from_rollout(buf, advantages, returns), algo, algo.clip)
+        fast_update(fast, fast_opt, Batch.from_rollout(buf, advantages, returns), algo, algo.clip)
 
         torch.manual_seed(100 + iteration)
         expected, ref_obs = reference_rollout(ref, ref_env, ref_obs, algo.n_steps)
