@@ -293,15 +293,20 @@ def test_obs_normalizer_keeps_running_moments_and_clips() -> None:
     assert float(out[1, 2]) == pytest.approx(2.0, rel=1e-4)  # two standard deviations
 
 
-def test_flat_adam_matches_torch_adam_and_keeps_the_module_usable(tmp_path: Path) -> None:
+# Adam's eps sits outside the square root, m / (sqrt(v) + eps): at eps=1 a convention of
+# sqrt(v + eps) would show at once (the backends compare the two optimizers at algo.adam_eps).
+@pytest.mark.parametrize("eps", [1e-5, 1.0])
+def test_flat_adam_matches_torch_adam_and_keeps_the_module_usable(
+    tmp_path: Path, eps: float
+) -> None:
     cfg = TrainConfig()
     env = make_vector_env(cfg.env, 1)
     torch.manual_seed(0)
     fast, ref = build_agent(cfg, env), build_agent(cfg, env)
     ref.load_state_dict(fast.state_dict())
     keys = list(fast.state_dict())
-    fast_opt = FlatAdam(fast.parameters(), lr=0.01, eps=1e-5)
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01, eps=1e-5, foreach=False)
+    fast_opt = FlatAdam(fast.parameters(), lr=0.01, eps=eps)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01, eps=eps, foreach=False)
     obs = torch.randn(64, 4)
     for step in range(5):
         losses = []
