@@ -150,8 +150,13 @@ def test_backends_agree_or_fast_refuses(key: str, value: Any, space: gym.Space[A
             "algo.backend=fast; use algo.backend=autograd"
         )
         return
+    hint = (
+        f"algo.{key}={value}: algo.backend=fast trains another update than autograd; write its "
+        "gradient in ppo1/ppo.py or refuse it in ppo.fast_backend_problems "
+        "(docs/adding-a-loss-term.md)"
+    )
     for a, f in zip(auto_params, fast_params, strict=True):
-        torch.testing.assert_close(f, a, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(f, a, rtol=RTOL, atol=ATOL, msg=lambda m: f"{hint}\n{m}")
     for field_name in STAT_FIELDS:
         auto_value, fast_value = getattr(auto_stats, field_name), getattr(fast_stats, field_name)
         assert fast_value == pytest.approx(auto_value, rel=RTOL, abs=ATOL, nan_ok=True), field_name
