@@ -139,6 +139,7 @@ STAT_FIELDS = (
 )
 def test_backends_agree_or_fast_refuses(key: str, value: Any, space: gym.Space[Any]) -> None:
     cfg = BASE if key == "(base)" else with_setting(BASE, key, value)
+    setting = getattr(value, "name", value)  # as typed on the command line
     initial, auto_params, auto_stats = one_update(cfg, space, Backend.autograd)
     # The update trained, unless the target-KL rule stopped it before its first step (then
     # no gradient norm was measured).
@@ -148,12 +149,12 @@ def test_backends_agree_or_fast_refuses(key: str, value: Any, space: gym.Space[A
         _, fast_params, fast_stats = one_update(cfg, space, Backend.fast)
     except ConfigError as err:
         assert str(err) == (
-            f"algo.{key}={getattr(value, 'name', value)} is not implemented by "
-            "algo.backend=fast; use algo.backend=autograd"
+            f"algo.{key}={setting} is not implemented by algo.backend=fast; "
+            "use algo.backend=autograd"
         )
         return
     hint = (
-        f"algo.{key}={value}: algo.backend=fast trains another update than autograd; write its "
+        f"algo.{key}={setting}: algo.backend=fast trains another update than autograd; write its "
         "gradient in ppo1/ppo.py or refuse it in ppo.fast_backend_problems "
         "(docs/adding-a-loss-term.md)"
     )
