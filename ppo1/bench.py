@@ -35,6 +35,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ppo1.backends import ppo_update
 from ppo1.baseline import sb3_available, sb3_kwargs
 from ppo1.checkpoint import build_agent
 from ppo1.config import (
@@ -47,7 +48,6 @@ from ppo1.config import (
     to_train_config,
 )
 from ppo1.envs import make_vector_env
-from ppo1.ppo import ppo_update
 from ppo1.tracking import Tracker, open_client, project_root, tracking_uri
 from ppo1.train import next_batch, train, training_parts
 
@@ -218,7 +218,7 @@ def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]
         start = time.perf_counter()
         _, batch = next_batch(collector, cfg.algo)
         middle = time.perf_counter()
-        ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)
+        ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip, cfg.algo.lr)
         rollout_s += middle - start
         update_s += time.perf_counter() - middle
     envs.close()
@@ -279,7 +279,7 @@ def update_matmuls(cfg: TrainConfig, seed: int) -> Counter[MatmulCall]:
     _, batch = next_batch(collector, cfg.algo)
     recorder = _MatmulRecorder()
     with recorder:
-        ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip)
+        ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip, cfg.algo.lr)
     envs.close()
     return recorder.calls
 

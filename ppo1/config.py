@@ -50,6 +50,15 @@ class AdvNorm(Enum):
 class Activation(Enum):
     tanh = "tanh"
     relu = "relu"
+    # No hand-derived backward (networks.ACTIVATION_BACKWARDS): algo.backend=autograd only.
+    elu = "elu"
+
+
+class Backend(Enum):
+    """How the update gets its gradients (docs/backends.md): hand-derived, or `backward()`."""
+
+    fast = "fast"  # analytic gradients and FlatAdam (ppo1/ppo.py); refuses what it lacks
+    autograd = "autograd"  # loss.backward() and torch.optim.Adam (ppo1/update.py); trains any loss
 
 
 class FiguresMode(Enum):
@@ -147,6 +156,7 @@ class AlgoConfig:
     target_kl: float | None = None
     # On a time-limit truncation, bootstrap from V(final observation) (SB3 #633); off = terminal.
     bootstrap_truncation: bool = True
+    backend: Backend = Backend.fast
     net: NetworkConfig = field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:

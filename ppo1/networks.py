@@ -17,10 +17,12 @@ from ppo1.distributions import ActionDistribution, Categorical, DiagGaussian
 _ACTIVATIONS: dict[Activation, type[nn.Module]] = {
     Activation.tanh: nn.Tanh,
     Activation.relu: nn.ReLU,
+    Activation.elu: nn.ELU,
 }
 _ACTIVATION_FNS: dict[Activation, Callable[[Tensor], Tensor]] = {
     Activation.tanh: torch.tanh,
     Activation.relu: torch.relu,
+    Activation.elu: F.elu,
 }
 
 
@@ -34,8 +36,9 @@ def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
     return grad * (out > 0)
 
 
-# Each activation's derivative is written in terms of its output, which the tape keeps.
-_ACTIVATION_BACKWARDS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
+# Each activation's derivative is written in terms of its output, which the tape keeps. An
+# activation missing here trains only with algo.backend=autograd (ppo.fast_backend_problems).
+ACTIVATION_BACKWARDS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
     Activation.tanh: _tanh_backward,
     Activation.relu: _relu_backward,
 }
@@ -112,8 +115,9 @@ class ActorCritic(nn.Module):
     The towers are `nn.Sequential`s (so parameters, initialisation and checkpoints read as
     usual), but the forward passes call `F.linear` on their weights directly: on a 2x64 MLP
     the `Module.__call__` machinery costs as much as the arithmetic. For the same reason the
-    update does not use autograd: `forward_tape` keeps each layer's output and `backward`
-    applies the chain rule by hand, writing every parameter's `.grad` in place.
+    fast backend's update does not use autograd: `forward_tape` keeps each layer's output and
+    `backward` applies the chain rule by hand, writing every parameter's `.grad` in place.
+    The forward is differentiable as well, which `algo.backend=autograd` trains through.
     """
 
     def __init__(
@@ -128,7 +132,7 @@ class ActorCritic(nn.Module):
         self.obs_norm = obs_norm
         self.shared = cfg.shared
         self.activation = _ACTIVATION_FNS[cfg.activation]
-        self.activation_backward = _ACTIVATION_BACKWARDS[cfg.activation]
+        self.activation_kind = cfg.activation
         self.pi_body = mlp(obs_dim, cfg.hidden, cfg.activation)
         self.v_body = self.pi_body if cfg.shared else mlp(obs_dim, cfg.hidden, cfg.activation)
         self.dist: ActionDistribution
@@ -220,8 +224,9 @@ class ActorCritic(nn.Module):
         return d_mean
 
     def _tower_backward(self, layers: list[nn.Linear], outputs: list[Tensor], d_h: Tensor) -> None:
+        activation_backward = ACTIVATION_BACKWARDS[self.activation_kind]
         for i in range(len(layers) - 1, -1, -1):
-            d_pre = self.activation_backward(d_h, outputs[i + 1])
+            d_pre = activation_backward(d_h, outputs[i + 1])
             write_linear_grads(layers[i], outputs[i], d_pre)
             if i > 0:  # the observations need no gradient
                 d_h = d_pre @ layers[i].weight

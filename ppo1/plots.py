@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.colors import DEFAULT_PLOTLY_COLORS, unlabel_rgb
 
-from ppo1.ppo import clip_active
+from ppo1.losses import clip_active
 from ppo1.ratios import HIST_EDGES, RatioSnapshot
 
 Series = tuple[np.ndarray, np.ndarray]

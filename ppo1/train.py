@@ -21,6 +21,7 @@ from gymnasium.vector import VectorEnv
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from ppo1.backends import Optimizer, check_backend, make_optimizer, ppo_update
 from ppo1.checkpoint import build_agent, save_atomically, save_checkpoint
 from ppo1.config import (
     CONF_DIR,
@@ -36,8 +37,6 @@ from ppo1.envs import make_vector_env
 from ppo1.evaluation import evaluate
 from ppo1.figure_logger import FigureLogger, figures_hint
 from ppo1.networks import ActorCritic
-from ppo1.optim import FlatAdam
-from ppo1.ppo import Batch, NonFiniteLossError, UpdateStats, ppo_update
 from ppo1.resume import (
     CHECKPOINT_TAG,
     POLICY_FILE,
@@ -58,6 +57,7 @@ from ppo1.tracking import (
     tracking_uri,
 )
 from ppo1.trial import run_trial
+from ppo1.update import Batch, NonFiniteLossError, UpdateStats
 
 # Called after every update with (env steps so far, that update's metrics); may raise to stop.
 UpdateHook = Callable[[int, dict[str, float]], None]
@@ -112,19 +112,21 @@ def progress_line(update: int, cfg: TrainConfig, step: int, m: dict[str, float])
 
 def training_parts(
     cfg: TrainConfig, seed: int
-) -> tuple[VectorEnv, ActorCritic, FlatAdam, RolloutCollector]:
+) -> tuple[VectorEnv, ActorCritic, Optimizer, RolloutCollector]:
     """What training steps: the vector env, the agent (initialised from `seed`), its
-    optimizer, and the collector that rolls the agent out in the env."""
+    optimizer (algo.backend's), and the collector that rolls the agent out in the env.
+    Raises ConfigError, before building anything, on a setting the backend cannot train."""
+    check_backend(cfg.algo)
     torch.manual_seed(seed)
     envs = make_vector_env(cfg.env, cfg.env.num_envs)
     agent = build_agent(cfg, envs)
-    optimizer = FlatAdam(agent.parameters(), lr=cfg.algo.lr, eps=cfg.algo.adam_eps)
+    optimizer = make_optimizer(agent, cfg.algo)
     collector = RolloutCollector(envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, seed)
     return envs, agent, optimizer, collector
 
 
 # What training steps, and the envs that evaluate it.
-Parts = tuple[VectorEnv, ActorCritic, FlatAdam, RolloutCollector, VectorEnv]
+Parts = tuple[VectorEnv, ActorCritic, Optimizer, RolloutCollector, VectorEnv]
 
 
 def next_batch(collector: RolloutCollector, algo: AlgoConfig) -> tuple[list[Episode], Batch]:
@@ -324,9 +326,8 @@ class Loop:
         mult = multiplier(cfg.schedule, progress(collector.global_step, cfg.total_timesteps))
         lr = cfg.algo.lr * mult
         clip = cfg.algo.clip * (mult if cfg.algo.anneal_clip else 1.0)
-        self.optimizer.lr = lr
         episodes, batch = next_batch(collector, cfg.algo)
-        stats = ppo_update(self.agent, self.optimizer, batch, cfg.algo, clip)
+        stats = ppo_update(self.agent, self.optimizer, batch, cfg.algo, clip, lr)
         if self.agent.obs_norm is not None:
             # After the update, so that the rollout and its update saw the same statistics.
             self.agent.obs_norm.update(batch.obs)

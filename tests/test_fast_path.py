@@ -18,19 +18,12 @@ from torch import Tensor
 from ppo1.checkpoint import build_agent, load_checkpoint, save_checkpoint
 from ppo1.config import Activation, AlgoConfig, EnvConfig, NetworkConfig, TrainConfig
 from ppo1.envs import make_vector_env
+from ppo1.losses import approx_kl, clip_active, ppo_loss
 from ppo1.networks import ActorCritic, ObsNormalizer
 from ppo1.optim import FlatAdam
-from ppo1.ppo import (
-    Batch,
-    approx_kl,
-    clip_active,
-    normalize_advantages,
-    ppo_loss,
-    ppo_loss_grad,
-    ppo_update,
-    step_losses,
-)
+from ppo1.ppo import fast_update, ppo_loss_grad
 from ppo1.rollout import RolloutCollector, gae
+from ppo1.update import Batch, normalize_advantages, step_losses
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 ROLLOUT_KEYS = (
@@ -164,7 +157,7 @@ def test_rollouts_and_updates_match_reference(env_id: str, shared: bool) -> None
             algo.gamma,
             algo.gae_lambda,
         )
-        ppo_update(fast, fast_opt, Batch.from_rollout(buf, advantages, returns), algo, algo.clip)
+        fast_update(fast, fast_opt, Batch.from_rollout(buf, advantages, returns), algo, algo.clip)
 
         torch.manual_seed(100 + iteration)
         expected, ref_obs = reference_rollout(ref, ref_env, ref_obs, algo.n_steps)
@@ -300,15 +293,20 @@ def test_obs_normalizer_keeps_running_moments_and_clips() -> None:
     assert float(out[1, 2]) == pytest.approx(2.0, rel=1e-4)  # two standard deviations
 
 
-def test_flat_adam_matches_torch_adam_and_keeps_the_module_usable(tmp_path: Path) -> None:
+# Adam's eps sits outside the square root, m / (sqrt(v) + eps): at eps=1 a convention of
+# sqrt(v + eps) would show at once (the backends compare the two optimizers at algo.adam_eps).
+@pytest.mark.parametrize("eps", [1e-5, 1.0])
+def test_flat_adam_matches_torch_adam_and_keeps_the_module_usable(
+    tmp_path: Path, eps: float
+) -> None:
     cfg = TrainConfig()
     env = make_vector_env(cfg.env, 1)
     torch.manual_seed(0)
     fast, ref = build_agent(cfg, env), build_agent(cfg, env)
     ref.load_state_dict(fast.state_dict())
     keys = list(fast.state_dict())
-    fast_opt = FlatAdam(fast.parameters(), lr=0.01, eps=1e-5)
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01, eps=1e-5, foreach=False)
+    fast_opt = FlatAdam(fast.parameters(), lr=0.01, eps=eps)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01, eps=eps, foreach=False)
     obs = torch.randn(64, 4)
     for step in range(5):
         losses = []

@@ -11,17 +11,16 @@ from torch.distributions import Normal, kl_divergence
 
 from ppo1.config import AdvNorm, AlgoConfig
 from ppo1.distributions import Categorical, DiagGaussian
-from ppo1.ppo import (
+from ppo1.losses import (
     approx_kl,
     clip_active,
     clip_fraction,
-    clipped_surrogate_grad,
     clipped_surrogate_loss,
-    explained_variance,
-    normalize_advantages,
     ppo_loss,
     value_loss,
 )
+from ppo1.ppo import clipped_surrogate_grad
+from ppo1.update import explained_variance, normalize_advantages
 
 EPS = 0.2
 

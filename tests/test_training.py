@@ -26,7 +26,7 @@ from ppo1.evaluate import main as evaluate_cli
 from ppo1.evaluation import evaluate
 from ppo1.networks import ActorCritic
 from ppo1.optim import FlatAdam
-from ppo1.ppo import Batch, NonFiniteLossError, ppo_update
+from ppo1.ppo import fast_update
 from ppo1.rollout import RolloutCollector
 from ppo1.tracking import (
     _server_problem,
@@ -36,6 +36,7 @@ from ppo1.tracking import (
     usable_cpus,
 )
 from ppo1.train import progress_line, train
+from ppo1.update import Batch, NonFiniteLossError
 
 from .conftest import CONF_DIR as CONF
 from .conftest import (
@@ -100,7 +101,7 @@ def test_partial_minibatch_dropped_like_sb_ppo1(drop_last: bool, steps_per_epoch
         torch.randn(n),
     )
     cfg = AlgoConfig(epochs=4, minibatch_size=64, drop_last=drop_last)
-    stats = ppo_update(agent, optimizer, batch, cfg, clip=0.2)
+    stats = fast_update(agent, optimizer, batch, cfg, clip=0.2)
     assert optimizer.steps == 4 * steps_per_epoch and stats.epochs == 4
     assert stats.kl > 0 and stats.ratio.shape == (n,)
 
