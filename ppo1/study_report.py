@@ -61,8 +61,12 @@ def study_figures(study: optuna.Study, params: list[str]) -> tuple[dict[str, go.
     covering = sum(set(drawn) <= set(t.params) for t in finished)
     if covering >= 2:
         figures["param_importances"] = vis.plot_param_importances(study, params=drawn)
-        if len(drawn) >= 2:
-            figures["contour"] = vis.plot_contour(study, params=drawn)
+        # A parameter with one value among them has no axis; Optuna warns (on stderr) instead.
+        varied = [
+            p for p in drawn if len({repr(t.params[p]) for t in finished if p in t.params}) > 1
+        ]
+        if len(varied) >= 2:
+            figures["contour"] = vis.plot_contour(study, params=varied)
     else:
         notes.append(
             f"Parameter importances and contour need two completed trials with "
