@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from ppo1.config import AdvNorm, FiguresMode, TrainConfig
 from ppo1.dashboard import write_figures
 from ppo1.ratios import RatioSnapshot, from_json, summarize, to_json
 from ppo1.runs import FIGURES_DIR, RunData, curves_from_history, label
-from ppo1.tracking import Tracker
+from ppo1.tracking import Tracker, default_tracking_uri, tracking_uri
 from ppo1.update import UpdateStats, normalize_advantages
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ def figures_hint(cfg: TrainConfig, run_id: str) -> list[str]:
     """The closing summary's line on where the run's figures are."""
     if cfg.tracking.figures is FiguresMode.none:
         return []
+    uri = tracking_uri(cfg.tracking)
+    # The dashboard command opens the default store unless told another.
+    store = "" if uri == default_tracking_uri() else f" --tracking-uri {shlex.quote(uri)}"
     return [
-        f"figures: its Artifacts tab, {FIGURES_DIR}/; as files: python -m ppo1.dashboard {run_id}"
+        f"figures: its Artifacts tab, {FIGURES_DIR}/; as files: "
+        f"python -m ppo1.dashboard {run_id}{store}"
     ]

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from ppo1 import dashboard
 from ppo1.config import TrainConfig
+from ppo1.figure_logger import figures_hint
 from ppo1.ratios import summarize
 from ppo1.rollout import Episode
 from ppo1.runs import TRAINING_METRIC, RunData, curves_from_history, resolve_runs
@@ -214,3 +215,17 @@ def test_an_unwritable_out_is_one_line_for_compare_and_dashboard(
             )
             assert message in one_error_line(proc), (module, out)
     assert a_file.read_text() == "not a folder"
+
+
+def test_the_closing_hint_names_a_store_other_than_the_default(
+    compose_cfg: Callable[[list[str]], TrainConfig],
+    mlflow_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = compose_cfg(["tracking.uri=null"])
+    assert figures_hint(default, "abc")[-1].endswith("python -m ppo1.dashboard abc")
+    other = compose_cfg([f"tracking.uri={mlflow_uri}"])
+    assert figures_hint(other, "abc")[-1].endswith(
+        f"python -m ppo1.dashboard abc --tracking-uri {mlflow_uri}"
+    )
