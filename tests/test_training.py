@@ -525,7 +525,8 @@ def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
     assert line == (
         f"error: the tracking server at {url} stopped answering: no server answers at "
         f"{url}/health ([Errno 111] Connection refused); the MLflow run {running.info.run_id} "
-        "stays RUNNING (its end could not be stored)"
+        "stays RUNNING (its end could not be stored); to resume: python -m ppo1.train "
+        f"resume={running.info.run_id}"
     )
 
 
