@@ -47,7 +47,7 @@ test: lint $(CHROMIUM)
 
 # make bench ARGS="env=pendulum --repeats 2"
 bench: $(BENCH)
-	$(PY) -m ppo1.bench $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 ui: $(RUNTIME)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -57,12 +57,14 @@ class Activation(Enum):
 class Backend(Enum):
     """How the update gets its gradients (docs/backends.md): hand-derived, or `backward()`."""
 
-    fast = "fast"  # analytic gradients and FlatAdam (ppo1/ppo.py); refuses what it lacks
-    autograd = "autograd"  # loss.backward() and torch.optim.Adam (ppo1/update.py); trains any loss
+    fast = "fast"  # analytic gradients and FlatAdam (ppo1/core/fast/); refuses what it lacks
+    autograd = (
+        "autograd"  # loss.backward() and torch.optim.Adam (ppo1/core/update.py); trains any loss
+    )
 
 
 class FiguresMode(Enum):
-    """What a run logs of its Plotly diagnostics (see ppo1/figure_logger.py)."""
+    """What a run logs of its Plotly diagnostics (see ppo1/report/figure_logger.py)."""
 
     full = "full"  # dashboard.html (plotly.js inlined once, ~5 MB) + figure JSON + ratio data
     light = "light"  # figure JSON + ratio data (~0.5 MB); `python -m ppo1.dashboard` renders it
@@ -234,7 +236,7 @@ class TrackingConfig:
     figures: FiguresMode = FiguresMode.full
     # Also log the figures every this many updates (0: only at the end of the run).
     figures_every: int = 0
-    # MLflow writes made by a second process (ppo1.run_writer) when the job may use 2+ CPUs;
+    # MLflow writes made by a second process (ppo1.tracking.writer) when the job may use 2+ CPUs;
     # false: by the training process itself, e.g. where every core already runs a job.
     writer_process: bool = True
 

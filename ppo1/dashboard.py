@@ -16,10 +16,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from ppo1 import plots
 from ppo1.config import exit_with_error
-from ppo1.ratios import to_json
-from ppo1.runs import (
+from ppo1.report import plots
+from ppo1.report.ratios import to_json
+from ppo1.report.runs import (
     SNAPSHOTS_FILE,
     TRAINING_METRIC,
     RunData,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from ppo1.checkpoint import CheckpointError, load_checkpoint
 from ppo1.config import ConfigError, TrackingConfig, exit_with_error
-from ppo1.envs import make_vector_env
-from ppo1.evaluation import evaluate
-from ppo1.tracking import open_client, tracking_uri
+from ppo1.core.checkpoint import CheckpointError, load_checkpoint
+from ppo1.core.envs import make_vector_env
+from ppo1.core.evaluation import evaluate
+from ppo1.tracking.tracker import open_client, tracking_uri
 
 
 def positive_int(text: str) -> int:

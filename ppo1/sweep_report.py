@@ -19,11 +19,11 @@ from ppo1.config import (
     register_configs,
     to_train_config_or_exit,
 )
-from ppo1.search_space import search_space
-from ppo1.study import open_storage, storage_exists, storage_spec
-from ppo1.study_report import report_study
-from ppo1.study_run import find_study_run
-from ppo1.tracking import tracking_uri
+from ppo1.sweep.parent_run import find_study_run
+from ppo1.sweep.search_space import search_space
+from ppo1.sweep.study import open_storage, storage_exists, storage_spec
+from ppo1.sweep.study_report import report_study
+from ppo1.tracking.tracker import tracking_uri
 
 register_configs()
 

@@ -21,8 +21,6 @@ from gymnasium.vector import VectorEnv
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ppo1.backends import Optimizer, check_backend, make_optimizer, ppo_update
-from ppo1.checkpoint import build_agent, save_atomically, save_checkpoint
 from ppo1.config import (
     CONF_DIR,
     AlgoConfig,
@@ -33,11 +31,17 @@ from ppo1.config import (
     to_plain_dict,
     to_train_config_or_exit,
 )
-from ppo1.envs import make_vector_env
-from ppo1.evaluation import evaluate
-from ppo1.figure_logger import FigureLogger, figures_hint
-from ppo1.networks import ActorCritic
-from ppo1.resume import (
+from ppo1.core.backends import Optimizer, check_backend, make_optimizer, ppo_update
+from ppo1.core.checkpoint import build_agent, save_atomically, save_checkpoint
+from ppo1.core.envs import make_vector_env
+from ppo1.core.evaluation import evaluate
+from ppo1.core.networks import ActorCritic
+from ppo1.core.rollout import Episode, RolloutCollector
+from ppo1.core.schedules import multiplier, progress
+from ppo1.core.update import Batch, NonFiniteLossError, UpdateStats
+from ppo1.report.figure_logger import FigureLogger, figures_hint
+from ppo1.sweep.trial import run_trial
+from ppo1.tracking.resume import (
     CHECKPOINT_TAG,
     POLICY_FILE,
     RESUME_FILE,
@@ -46,9 +50,7 @@ from ppo1.resume import (
     new_checkpoint_folder,
     prepare_resume,
 )
-from ppo1.rollout import Episode, RolloutCollector
-from ppo1.schedules import multiplier, progress
-from ppo1.tracking import (
+from ppo1.tracking.tracker import (
     StoreFailedError,
     Tracker,
     _signal_handlers,
@@ -56,8 +58,6 @@ from ppo1.tracking import (
     sigterm_as_interrupt,
     tracking_uri,
 )
-from ppo1.trial import run_trial
-from ppo1.update import Batch, NonFiniteLossError, UpdateStats
 
 # Called after every update with (env steps so far, that update's metrics); may raise to stop.
 UpdateHook = Callable[[int, dict[str, float]], None]

@@ -24,11 +24,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from ppo1.backends import check_backend, make_optimizer, ppo_update
 from ppo1.config import AlgoConfig, Backend, ConfigError, NetworkConfig, TrainConfig
-from ppo1.networks import ActorCritic
+from ppo1.core.backends import check_backend, make_optimizer, ppo_update
+from ppo1.core.networks import ActorCritic
+from ppo1.core.update import Batch, UpdateStats
 from ppo1.train import train
-from ppo1.update import Batch, UpdateStats
 
 # A base small enough to run per field: 48 samples in minibatches of 20 (a partial last one).
 BASE = AlgoConfig(epochs=2, minibatch_size=20, net=NetworkConfig(hidden=[16, 8], log_std_init=-0.3))
@@ -155,7 +155,7 @@ def test_backends_agree_or_fast_refuses(key: str, value: Any, space: gym.Space[A
         return
     hint = (
         f"algo.{key}={setting}: algo.backend=fast trains another update than autograd; write its "
-        "gradient in ppo1/ppo.py or refuse it in ppo.fast_backend_problems "
+        "gradient in ppo1/core/fast/update.py or refuse it in ppo.fast_backend_problems "
         "(docs/adding-a-loss-term.md)"
     )
     for a, f in zip(auto_params, fast_params, strict=True):

@@ -1,4 +1,4 @@
-"""`python -m ppo1.bench`: its table, files and MLflow run, and the time-to-solve rule."""
+"""`python -m benchmarks.bench`: its table, files and MLflow run, and the time-to-solve rule."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ppo1 import bench
-from ppo1.baseline import Sb3Runner, sb3_kwargs
-from ppo1.bench import (
+from benchmarks import bench
+from benchmarks.bench import (
     Budget,
     MatmulCall,
     Row,
@@ -21,6 +20,7 @@ from ppo1.bench import (
     markdown_table,
     time_to_solve,
 )
+from benchmarks.sb3_peer import Sb3Runner, sb3_kwargs
 
 THROUGHPUT_KEYS = ("env_sps", "raw_sps", "rollout_sps", "update_sps", "end_to_end_sps")
 

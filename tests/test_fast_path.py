@@ -15,15 +15,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from ppo1.checkpoint import build_agent, load_checkpoint, save_checkpoint
 from ppo1.config import Activation, AlgoConfig, EnvConfig, NetworkConfig, TrainConfig
-from ppo1.envs import make_vector_env
-from ppo1.losses import approx_kl, clip_active, ppo_loss
-from ppo1.networks import ActorCritic, ObsNormalizer
-from ppo1.optim import FlatAdam
-from ppo1.ppo import fast_update, ppo_loss_grad
-from ppo1.rollout import RolloutCollector, gae
-from ppo1.update import Batch, normalize_advantages, step_losses
+from ppo1.core.checkpoint import build_agent, load_checkpoint, save_checkpoint
+from ppo1.core.envs import make_vector_env
+from ppo1.core.fast.optim import FlatAdam
+from ppo1.core.fast.update import fast_update, ppo_loss_grad
+from ppo1.core.losses import approx_kl, clip_active, ppo_loss
+from ppo1.core.networks import ActorCritic, ObsNormalizer
+from ppo1.core.rollout import RolloutCollector, gae
+from ppo1.core.update import Batch, normalize_advantages, step_losses
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 ROLLOUT_KEYS = (

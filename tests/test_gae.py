@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ppo1.rollout import gae
+from ppo1.core.rollout import gae
 
 GAMMA, LAM = 0.9, 0.5
 

@@ -6,10 +6,10 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from ppo1 import plots
 from ppo1.compare import group_by_config
-from ppo1.ratios import HIST_EDGES, RatioSnapshot, from_json, summarize, to_json
-from ppo1.runs import RunData
+from ppo1.report import plots
+from ppo1.report.ratios import HIST_EDGES, RatioSnapshot, from_json, summarize, to_json
+from ppo1.report.runs import RunData
 
 
 def vline_xs(fig: go.Figure) -> list[float]:

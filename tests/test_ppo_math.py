@@ -10,8 +10,9 @@ from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Normal, kl_divergence
 
 from ppo1.config import AdvNorm, AlgoConfig
-from ppo1.distributions import Categorical, DiagGaussian
-from ppo1.losses import (
+from ppo1.core.distributions import Categorical, DiagGaussian
+from ppo1.core.fast.update import clipped_surrogate_grad
+from ppo1.core.losses import (
     approx_kl,
     clip_active,
     clip_fraction,
@@ -19,8 +20,7 @@ from ppo1.losses import (
     ppo_loss,
     value_loss,
 )
-from ppo1.ppo import clipped_surrogate_grad
-from ppo1.update import explained_variance, normalize_advantages
+from ppo1.core.update import explained_variance, normalize_advantages
 
 EPS = 0.2
 

@@ -14,7 +14,7 @@ from optuna.pruners import MedianPruner, ThresholdPruner
 from optuna.trial import TrialState, create_trial
 
 from ppo1.config import KLMetric, KLPrunerConfig, SweepConfig, TrainConfig
-from ppo1.pruning import (
+from ppo1.sweep.pruning import (
     KL_ATTR,
     PRUNE_REASON_ATTR,
     KLPruner,
@@ -22,10 +22,10 @@ from ppo1.pruning import (
     build_pruner,
     kl_divergence_reason,
 )
-from ppo1.study import find_trial, open_storage
-from ppo1.tracking import Tracker
+from ppo1.sweep.study import find_trial, open_storage
+from ppo1.sweep.trial import TrainFn, train_seeds
+from ppo1.tracking.tracker import Tracker
 from ppo1.train import TrainResult, UpdateHook
-from ppo1.trial import TrainFn, train_seeds
 
 RULE = KLPrunerConfig(metric=KLMetric.kl, threshold=0.1, patience=3, warmup_updates=2)
 

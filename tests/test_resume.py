@@ -16,13 +16,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ppo1.checkpoint import load_checkpoint
 from ppo1.config import TrackingConfig, TrainConfig
-from ppo1.optim import FlatAdam
-from ppo1.resume import CHECKPOINT_TAG, POLICY_FILE, RESUME_FILE, prepare_resume
-from ppo1.run_writer import DIED, PID_START_TAG, PID_TAG
-from ppo1.runs import load_run
-from ppo1.tracking import Tracker, usable_cpus
+from ppo1.core.checkpoint import load_checkpoint
+from ppo1.core.fast.optim import FlatAdam
+from ppo1.report.runs import load_run
+from ppo1.tracking.resume import CHECKPOINT_TAG, POLICY_FILE, RESUME_FILE, prepare_resume
+from ppo1.tracking.tracker import Tracker, usable_cpus
+from ppo1.tracking.writer import DIED, PID_START_TAG, PID_TAG
 from ppo1.train import train
 
 from .conftest import TINY, run_python, wait_until
@@ -174,7 +174,7 @@ def test_the_next_tracker_ends_a_run_whose_processes_died(mlflow_uri: str) -> No
     script = (
         "import os, signal\n"
         "from ppo1.config import TrackingConfig\n"
-        "from ppo1.tracking import Tracker\n"
+        "from ppo1.tracking.tracker import Tracker\n"
         f"cfg = TrackingConfig(uri={mlflow_uri!r}, writer_process=False)\n"
         "tracker = Tracker(cfg, {}).__enter__()\n"
         "print(tracker.run_id, flush=True)\n"

@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ppo1.config import TrackingConfig, TrainConfig
-from ppo1.run_writer import ORPHANED, Op, Row, RunWriter, apply
-from ppo1.tracking import Tracker, usable_cpus
+from ppo1.tracking.tracker import Tracker, usable_cpus
+from ppo1.tracking.writer import ORPHANED, Op, Row, RunWriter, apply
 from ppo1.train import train
 
 from .conftest import TINY, run_python, wait_until
@@ -35,7 +35,7 @@ def new_run(uri: str) -> str:
 
 
 def writer_pids(uri: str) -> list[int]:
-    """Live `python -m ppo1.run_writer` processes writing to this store."""
+    """Live `python -m ppo1.tracking.writer` processes writing to this store."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
@@ -43,7 +43,7 @@ def writer_pids(uri: str) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue  # gone, or not a process
-        if b"ppo1.run_writer" in argv and uri.encode() in argv and state != "Z":
+        if b"ppo1.tracking.writer" in argv and uri.encode() in argv and state != "Z":
             pids.append(int(proc.name))
     return pids
 
@@ -97,7 +97,7 @@ def test_closed_before_it_is_ready_it_hands_every_row_back(mlflow_uri: str) -> N
 def test_close_does_not_wait_for_a_forked_process_to_release_the_pipe(
     mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ppo1.run_writer._CLOSE_TIMEOUT_S", 10.0)
+    monkeypatch.setattr("ppo1.tracking.writer._CLOSE_TIMEOUT_S", 10.0)
     run_id = new_run(mlflow_uri)
     writer = attached(mlflow_uri, run_id)
     wait_ready(writer)
@@ -136,8 +136,8 @@ def test_a_tracked_run_hands_its_metrics_to_the_writer(
     compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Start the writer at the first update and hand it rows after every one.
-    monkeypatch.setattr("ppo1.tracking._WRITER_AFTER_S", 0.0)
-    monkeypatch.setattr("ppo1.tracking._FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr("ppo1.tracking.tracker._WRITER_AFTER_S", 0.0)
+    monkeypatch.setattr("ppo1.tracking.tracker._FLUSH_EVERY_S", 0.0)
     cfg = compose_cfg(
         ["total_timesteps=15360", *TINY[1:], "eval.every=10", f"tracking.uri={mlflow_uri}"]
     )
@@ -217,7 +217,7 @@ def test_without_a_writer_the_trainer_writes_every_row_itself(
     compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
     for timer in ("_WRITER_AFTER_S", "_FLUSH_EVERY_S", "_WRITE_EVERY_S"):
-        monkeypatch.setattr(f"ppo1.tracking.{timer}", 0.0)  # every update, whichever writes
+        monkeypatch.setattr(f"ppo1.tracking.tracker.{timer}", 0.0)  # every update, whichever writes
     # A checkpoint every update: rows go to the tracker once a checkpoint holds their update.
     overrides = ["total_timesteps=2560", *TINY[1:], f"tracking.uri={mlflow_uri}"]
     overrides.append("checkpoint_every=1")
@@ -253,7 +253,7 @@ def writer_client(uri: str, run_name: str | None = None) -> Tracker:
 def test_the_writer_creates_the_run_and_makes_every_write(
     mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ppo1.tracking._FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr("ppo1.tracking.tracker._FLUSH_EVERY_S", 0.0)
     model = tmp_path / "policy.pt"
     model.write_bytes(b"weights")
     before_ms = time.time() * 1000
@@ -296,7 +296,7 @@ def test_the_writer_creates_the_run_and_makes_every_write(
 def test_what_a_dead_writer_left_undone_the_trainer_does(
     mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
-    monkeypatch.setattr("ppo1.tracking._FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr("ppo1.tracking.tracker._FLUSH_EVERY_S", 0.0)
     with writer_client(mlflow_uri) as tracker:
         if when == "once it has the run":
             assert tracker.wait_for_run() is not None
@@ -322,10 +322,10 @@ def test_a_trainer_killed_outright_leaves_its_run_failed(mlflow_uri: str) -> Non
     """SIGKILL (the OOM killer, `kill -9`) gives the trainer no chance to end its run."""
     script = (
         "import os, signal\n"
-        "import ppo1.tracking\n"
+        "import ppo1.tracking.tracker\n"
         "from ppo1.config import TrackingConfig\n"
-        "ppo1.tracking._FLUSH_EVERY_S = 0.0\n"
-        f"tracker = ppo1.tracking.Tracker(TrackingConfig(uri={mlflow_uri!r}), {{}})\n"
+        "ppo1.tracking.tracker._FLUSH_EVERY_S = 0.0\n"
+        f"tracker = ppo1.tracking.tracker.Tracker(TrackingConfig(uri={mlflow_uri!r}), {{}})\n"
         "tracker.__enter__()\n"
         "tracker.log_metrics({'a': 1.0}, 1)\n"
         "tracker.flush()\n"

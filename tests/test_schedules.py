@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ppo1.config import ScheduleConfig, ScheduleKind
-from ppo1.schedules import multiplier, progress
+from ppo1.core.schedules import multiplier, progress
 
 
 def test_constant() -> None:

@@ -7,7 +7,7 @@ import logging
 import optuna
 import pytest
 
-from ppo1.study_report import study_figures
+from ppo1.sweep.study_report import study_figures
 
 
 def test_a_parameter_with_one_value_is_left_out_of_the_contour_without_a_warning(

@@ -22,8 +22,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from ppo1.pruning import KL_ATTR, PRUNE_REASON_ATTR
-from ppo1.study import (
+from ppo1.sweep.pruning import KL_ATTR, PRUNE_REASON_ATTR
+from ppo1.sweep.study import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     SETTINGS_ATTR,

@@ -15,11 +15,11 @@ from omegaconf import open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ppo1.config import ConfigError, Objective, SweepConfig, register_configs, to_train_config
-from ppo1.objectives import area_under_curve, objective_value
-from ppo1.pruning import build_pruner
-from ppo1.search_space import distribution, end_points, overrides, search_space
-from ppo1.study import create_study, open_storage
-from ppo1.study_report import override_value, rerun_command
+from ppo1.sweep.objectives import area_under_curve, objective_value
+from ppo1.sweep.pruning import build_pruner
+from ppo1.sweep.search_space import distribution, end_points, overrides, search_space
+from ppo1.sweep.study import create_study, open_storage
+from ppo1.sweep.study_report import override_value, rerun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))

@@ -19,16 +19,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ppo1.checkpoint import build_agent, load_checkpoint
 from ppo1.config import AlgoConfig, TrackingConfig, TrainConfig, to_plain_dict
-from ppo1.envs import SameStepSyncEnv, make_vector_env
+from ppo1.core.checkpoint import build_agent, load_checkpoint
+from ppo1.core.envs import SameStepSyncEnv, make_vector_env
+from ppo1.core.evaluation import evaluate
+from ppo1.core.fast.optim import FlatAdam
+from ppo1.core.fast.update import fast_update
+from ppo1.core.networks import ActorCritic
+from ppo1.core.rollout import RolloutCollector
+from ppo1.core.update import Batch, NonFiniteLossError
 from ppo1.evaluate import main as evaluate_cli
-from ppo1.evaluation import evaluate
-from ppo1.networks import ActorCritic
-from ppo1.optim import FlatAdam
-from ppo1.ppo import fast_update
-from ppo1.rollout import RolloutCollector
-from ppo1.tracking import (
+from ppo1.tracking.tracker import (
     _server_problem,
     open_client,
     sigterm_as_interrupt,
@@ -36,7 +37,6 @@ from ppo1.tracking import (
     usable_cpus,
 )
 from ppo1.train import progress_line, train
-from ppo1.update import Batch, NonFiniteLossError
 
 from .conftest import CONF_DIR as CONF
 from .conftest import (
@@ -182,8 +182,8 @@ def test_mujoco_warnings_are_printed_once_per_process() -> None:
     # Gymnasium's XML): 6 identical warnings for these 2 x 3 envs without the handler.
     script = (
         "import mujoco\n"
-        "from ppo1.bench import compose_config\n"
-        "from ppo1.envs import make_vector_env\n"
+        "from benchmarks.bench import compose_config\n"
+        "from ppo1.core.envs import make_vector_env\n"
         "for _ in range(2):\n"
         "    make_vector_env(compose_config(['env=halfcheetah']).env, 3).close()\n"
         "print(mujoco.get_mju_user_warning() is not None)\n"

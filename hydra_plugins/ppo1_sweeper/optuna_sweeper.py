@@ -2,8 +2,8 @@
 
 The sweeper asks trials, launches one job per trial through Hydra's launcher with the trial's
 params and number as overrides, and tells each trial COMPLETE, PRUNED or FAIL from the job's
-return. A job reports to its own trial through the study's storage (ppo1.trial), so any launcher
-works and several sweep processes can share one study. Hydra loads plugins only from the
+return. A job reports to its own trial through the study's storage (ppo1.sweep.trial), so any
+launcher works and several sweep processes can share one study. Hydra loads plugins only from the
 `hydra_plugins` namespace package; the logic lives in `ppo1`.
 """
 
@@ -35,9 +35,9 @@ from ppo1.config import (
     exit_with_error,
     to_train_config,
 )
-from ppo1.pruning import PRUNE_REASON_ATTR, build_pruner
-from ppo1.search_space import end_points, overrides, search_space
-from ppo1.study import (
+from ppo1.sweep.pruning import PRUNE_REASON_ATTR, build_pruner
+from ppo1.sweep.search_space import end_points, overrides, search_space
+from ppo1.sweep.study import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
@@ -54,7 +54,7 @@ from ppo1.study import (
     study_lock,
     value_settings,
 )
-from ppo1.tracking import sigterm_as_interrupt
+from ppo1.tracking.tracker import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -138,8 +138,8 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         # Imported here: Hydra imports every plugin when any app starts, and these pull in
         # mlflow (~2 s), which a plain `python -m ppo1.train` without tracking never needs.
-        from ppo1.study_report import report_study
-        from ppo1.study_run import open_study_run
+        from ppo1.sweep.parent_run import open_study_run
+        from ppo1.sweep.study_report import report_study
 
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
@@ -287,7 +287,7 @@ def _fail_stale(
         reason = trial.user_attrs[FAIL_REASON_ATTR]
         print(f"trial {trial.number}: FAIL, {reason}; its slot runs again", flush=True)
         if parent is not None:
-            from ppo1.study_run import end_stale_runs  # imports mlflow: only when tracking
+            from ppo1.sweep.parent_run import end_stale_runs  # imports mlflow: only when tracking
 
             end_stale_runs(parent, trial.number, f"the sweep process died ({reason})")
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
-from ppo1.networks import ActorCritic
+from ppo1.core.networks import ActorCritic
 
 # Batched observations -> batched env actions.
 Policy = Callable[[np.ndarray], np.ndarray]

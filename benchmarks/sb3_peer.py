@@ -1,4 +1,4 @@
-"""Stable-Baselines3 PPO given a ppo1 config's settings: the peer `ppo1.bench` measures against.
+"""Stable-Baselines3 PPO given a ppo1 config's settings: the peer the benchmark measures against.
 
 Needs the optional `bench` extra (`pip install -e '.[bench]'`); nothing here imports
 stable_baselines3 until a runner is built. SB3 gets its own standard environment stack
@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from ppo1.config import Activation, AdvNorm, TrainConfig
-from ppo1.envs import make_vector_env
-from ppo1.evaluation import run_episodes
-from ppo1.schedules import multiplier
+from ppo1.core.envs import make_vector_env
+from ppo1.core.evaluation import run_episodes
+from ppo1.core.schedules import multiplier
 
 if TYPE_CHECKING:
-    from ppo1.bench import Budget
+    from benchmarks.bench import Budget
 
 
 def sb3_available() -> bool:
@@ -79,7 +79,7 @@ def sb3_kwargs(cfg: TrainConfig) -> tuple[dict[str, Any], list[str]]:
 
 
 class Sb3Runner:
-    """The benchmark's measurements for SB3 PPO, mirroring ppo1.bench's functions."""
+    """The benchmark's measurements for SB3 PPO, mirroring benchmarks.bench's functions."""
 
     def __init__(self, cfg: TrainConfig, budget: Budget) -> None:
         self.cfg, self.budget = cfg, budget
@@ -156,10 +156,10 @@ class Sb3Runner:
         return steps / seconds, None
 
     def time_to_solve(self, seed: int) -> tuple[float, float] | None:
-        """As ppo1.bench.time_to_solve: same evaluation envs, episodes, frequency and rule."""
+        """As benchmarks.bench.time_to_solve: same evaluation envs, episodes, frequency and rule."""
         from stable_baselines3.common.callbacks import BaseCallback
 
-        from ppo1.bench import SolveWatch
+        from benchmarks.bench import SolveWatch
 
         cfg = self.cfg
         eval_env = make_vector_env(cfg.env, cfg.eval.num_envs)

@@ -1,8 +1,8 @@
-"""`python -m ppo1.bench`: how fast ppo1 trains, phase by phase, and against SB3 when installed.
+"""`python -m benchmarks.bench`: how fast ppo1 trains, phase by phase, and against SB3 if installed.
 
-    python -m ppo1.bench                       # the default config (RL Zoo CartPole), 5 seeds
-    python -m ppo1.bench env=pendulum --seeds 3
-    python -m ppo1.bench --quick               # a smoke run with tiny budgets (the tests')
+    python -m benchmarks.bench                       # the default config (RL Zoo CartPole), 5 seeds
+    python -m benchmarks.bench env=pendulum --seeds 3
+    python -m benchmarks.bench --quick               # a smoke run with tiny budgets (the tests')
 
 Positional `key=value` arguments are the same overrides `python -m ppo1.train` takes. Every
 figure is measured in this process, ppo1 and (with the `bench` extra) Stable-Baselines3 given
@@ -35,9 +35,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ppo1.backends import ppo_update
-from ppo1.baseline import sb3_available, sb3_kwargs
-from ppo1.checkpoint import build_agent
+from benchmarks.sb3_peer import sb3_available, sb3_kwargs
 from ppo1.config import (
     CONF_DIR,
     ConfigError,
@@ -47,8 +45,10 @@ from ppo1.config import (
     register_configs,
     to_train_config,
 )
-from ppo1.envs import make_vector_env
-from ppo1.tracking import Tracker, open_client, project_root, tracking_uri
+from ppo1.core.backends import ppo_update
+from ppo1.core.checkpoint import build_agent
+from ppo1.core.envs import make_vector_env
+from ppo1.tracking.tracker import Tracker, open_client, project_root, tracking_uri
 from ppo1.train import next_batch, train, training_parts
 
 # CartPole-v1 counts as solved at a 20-episode deterministic evaluation mean >= 475, twice in a
@@ -458,7 +458,7 @@ def measure(
     }
     systems: dict[str, Any] = {"ppo1": _Ppo1Runner(cfg, budget)}
     if with_sb3:
-        from ppo1.baseline import Sb3Runner
+        from benchmarks.sb3_peer import Sb3Runner
 
         systems["sb3"] = Sb3Runner(cfg, budget)
     for rep in range(budget.repeats):
@@ -629,7 +629,7 @@ def log_to_mlflow(
     rows: list[Row], params: dict[str, Any], table: str, out: Path, tracking: TrackingConfig
 ) -> str | None:
     """One run: the medians as metrics, the table, the raw samples and the bar chart."""
-    with Tracker(tracking, params, {"mlflow.source.name": "ppo1.bench"}) as tracker:
+    with Tracker(tracking, params, {"mlflow.source.name": "benchmarks.bench"}) as tracker:
         metrics: dict[str, float] = {}
         for row in rows:
             for system in row.samples:
@@ -644,14 +644,14 @@ def log_to_mlflow(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m ppo1.bench` and the `ppo1-bench` script, which exits with what this returns."""
+    """`python -m benchmarks.bench` (`make bench`)."""
     run_bench(argv)
 
 
 def run_bench(argv: Sequence[str] | None = None) -> list[Row]:
     """Measure, print and save the table, log the MLflow run; the rows, for callers in Python."""
     parser = argparse.ArgumentParser(
-        prog="python -m ppo1.bench", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.bench", description=__doc__.split("\n")[0]
     )
     parser.add_argument("overrides", nargs="*", help="config overrides, as for ppo1.train")
     parser.add_argument("--seeds", type=int, help="time-to-solve seeds (default 5)")

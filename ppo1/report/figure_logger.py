@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ppo1.config import AdvNorm, FiguresMode, TrainConfig
+from ppo1.core.update import UpdateStats, normalize_advantages
 from ppo1.dashboard import write_figures
-from ppo1.ratios import RatioSnapshot, from_json, summarize, to_json
-from ppo1.runs import FIGURES_DIR, RunData, curves_from_history, label
-from ppo1.tracking import Tracker, default_tracking_uri, tracking_uri
-from ppo1.update import UpdateStats, normalize_advantages
+from ppo1.report.ratios import RatioSnapshot, from_json, summarize, to_json
+from ppo1.report.runs import FIGURES_DIR, RunData, curves_from_history, label
+from ppo1.tracking.tracker import Tracker, default_tracking_uri, tracking_uri
 
 if TYPE_CHECKING:
     from ppo1.train import TrainResult

@@ -2,7 +2,7 @@
 
 A fresh training process that talks to MLflow itself pays `import mlflow` (~2 s), the first
 open of a SQL store (~1.5 s of SQLAlchemy and alembic) and ~0.17 ms a metric row in MLflow's
-ORM, all on the training core. `python -m ppo1.run_writer URI` pays them on the core training
+ORM, all on the training core. `python -m ppo1.tracking.writer URI` pays them on the core training
 leaves idle: it creates the run (or attaches to one this process created) and applies the
 operations the trainer sends while training goes on. A thread could not hide that work
 (SQLAlchemy holds the GIL against the training thread's many short torch calls), and a forked
@@ -229,10 +229,10 @@ class RunWriter:
 
     def __init__(self, uri: str, run: list[Any]) -> None:
         """`run`: ["create", experiment, run_name, tags, start_ms] or ["attach", run_id]."""
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "ppo1.run_writer", uri],
+            [sys.executable, "-m", "ppo1.tracking.writer", uri],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": path},

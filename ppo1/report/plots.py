@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.colors import DEFAULT_PLOTLY_COLORS, unlabel_rgb
 
-from ppo1.losses import clip_active
-from ppo1.ratios import HIST_EDGES, RatioSnapshot
+from ppo1.core.losses import clip_active
+from ppo1.report.ratios import HIST_EDGES, RatioSnapshot
 
 Series = tuple[np.ndarray, np.ndarray]
 Curves = Mapping[str, Series]

@@ -3,7 +3,7 @@
 Notation of Schulman et al. 2017: r_t = pi(a_t|s_t) / pi_old(a_t|s_t) the probability ratio,
 A_t the advantage estimate, eps the clip range, V(s_t) the value and R_t its target.
 `algo.backend=autograd` differentiates `ppo_loss` with `loss.backward()`; `algo.backend=fast`
-follows hand-derived gradients of the same terms (ppo1/ppo.py) and logs these functions'
+follows hand-derived gradients of the same terms (ppo1/core/fast/) and logs these functions'
 values, so a new term here trains at once with autograd and the fast backend refuses it until
 its gradient is written (docs/adding-a-loss-term.md).
 """

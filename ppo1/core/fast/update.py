@@ -1,4 +1,4 @@
-"""`algo.backend=fast`: the update of ppo1/update.py with hand-derived gradients.
+"""`algo.backend=fast`: the update of ppo1/core/update.py with hand-derived gradients.
 
 On a 2x64 MLP autograd's bookkeeping costs more than the arithmetic, so this backend writes
 d(-L)/d log pi and d(-L)/dV of `losses.ppo_loss` by hand, then `ActorCritic.backward`, under
@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from ppo1.config import AlgoConfig, ConfigError
-from ppo1.networks import ACTIVATION_BACKWARDS, ActorCritic
-from ppo1.optim import FlatAdam
-from ppo1.update import Batch, Step, UpdateStats, run_update
+from ppo1.core.fast.optim import FlatAdam
+from ppo1.core.networks import ACTIVATION_BACKWARDS, ActorCritic
+from ppo1.core.update import Batch, Step, UpdateStats, run_update
 
 
 def fast_backend_problems(cfg: AlgoConfig) -> list[tuple[bool, str]]:

@@ -19,7 +19,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.run_writer import (
+from ppo1.tracking.writer import (
     Op,
     Row,
     RunWriter,
@@ -57,7 +57,7 @@ def usable_cpus() -> int:
 
 def project_root() -> Path:
     """The checkout holding `conf/` and `mlruns/`; PPO1_HOME overrides it."""
-    return Path(os.environ.get("PPO1_HOME", Path(__file__).resolve().parents[1]))
+    return Path(os.environ.get("PPO1_HOME", Path(__file__).resolve().parents[2]))
 
 
 def default_tracking_uri() -> str:

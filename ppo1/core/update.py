@@ -1,10 +1,10 @@
-"""The PPO update: epochs x minibatches of the loss of ppo1/losses.py, and its diagnostics.
+"""The PPO update: epochs x minibatches of the loss of ppo1/core/losses.py, and its diagnostics.
 
 `run_update` holds the rules every backend follows (advantage normalisation, minibatches, the
 target-KL stop, gradient clipping, the non-finite guard, the logged statistics); a backend only
 says how it gets a minibatch's gradient and steps its optimizer. `autograd_update` is the
 readable one (`loss.backward()` and `torch.optim.Adam`, as CleanRL's ppo.py); the analytic
-`fast_update` of ppo1/ppo.py is the same update with hand-derived gradients.
+`fast_update` of ppo1/core/fast/update.py is the same update with hand-derived gradients.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from ppo1.config import AdvNorm, AlgoConfig
-from ppo1.distributions import ActionDistribution
-from ppo1.losses import approx_kl, clip_fraction, ppo_loss
-from ppo1.networks import ActorCritic
-from ppo1.rollout import Rollout
+from ppo1.core.distributions import ActionDistribution
+from ppo1.core.losses import approx_kl, clip_fraction, ppo_loss
+from ppo1.core.networks import ActorCritic
+from ppo1.core.rollout import Rollout
 
 
 class NonFiniteLossError(RuntimeError):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppo1.config import Activation, NetworkConfig
-from ppo1.distributions import ActionDistribution, Categorical, DiagGaussian
+from ppo1.core.distributions import ActionDistribution, Categorical, DiagGaussian
 
 _ACTIVATIONS: dict[Activation, type[nn.Module]] = {
     Activation.tanh: nn.Tanh,

@@ -17,8 +17,8 @@ from optuna import visualization as vis
 from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.dashboard import html_page
-from ppo1.search_space import overrides
-from ppo1.study import CONFIG_ATTR
+from ppo1.sweep.search_space import overrides
+from ppo1.sweep.study import CONFIG_ATTR
 
 # Overrides -> the config a job of the sweep gets, without its `hydra` node.
 ComposeJob = Callable[[list[str]], DictConfig]

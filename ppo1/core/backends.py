@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from ppo1.config import AlgoConfig, Backend
-from ppo1.networks import ActorCritic
-from ppo1.optim import FlatAdam
-from ppo1.ppo import check_fast_backend, fast_update
-from ppo1.update import Batch, UpdateStats, autograd_update
+from ppo1.core.fast.optim import FlatAdam
+from ppo1.core.fast.update import check_fast_backend, fast_update
+from ppo1.core.networks import ActorCritic
+from ppo1.core.update import Batch, UpdateStats, autograd_update
 
 Optimizer = FlatAdam | torch.optim.Adam
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ppo1.checkpoint import CheckpointError, config_from_plain, load_payload
 from ppo1.config import ConfigError, TrainConfig, to_plain_dict
-from ppo1.run_writer import HOST_TAG, PID_TAG, end_dead_runs
-from ppo1.tracking import open_client, project_root, tracking_uri
+from ppo1.core.checkpoint import CheckpointError, config_from_plain, load_payload
+from ppo1.tracking.tracker import open_client, project_root, tracking_uri
+from ppo1.tracking.writer import HOST_TAG, PID_TAG, end_dead_runs
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

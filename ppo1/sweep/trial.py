@@ -11,11 +11,11 @@ import optuna
 from optuna.trial import TrialState
 
 from ppo1.config import SweepConfig, TrainConfig, to_plain_dict
-from ppo1.objectives import objective_value
-from ppo1.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
-from ppo1.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
-from ppo1.tracking import Tracker
-from ppo1.update import NonFiniteLossError
+from ppo1.core.update import NonFiniteLossError
+from ppo1.sweep.objectives import objective_value
+from ppo1.sweep.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
+from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
+from ppo1.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     from ppo1.train import TrainResult, UpdateHook

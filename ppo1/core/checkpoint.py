@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ppo1.config import TrainConfig, to_plain_dict
-from ppo1.envs import make_vector_env
-from ppo1.networks import ActorCritic, ObsNormalizer
+from ppo1.core.envs import make_vector_env
+from ppo1.core.networks import ActorCritic, ObsNormalizer
 
 
 def build_agent(cfg: TrainConfig, env: VectorEnv) -> ActorCritic:

@@ -10,7 +10,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
 
-from ppo1.networks import ActorCritic, FusedActorCritic
+from ppo1.core.networks import ActorCritic, FusedActorCritic
 
 
 def gae(
