@@ -14,134 +14,45 @@ printed, saved as Markdown and JSON under --out, and logged to an MLflow run (ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.budget import SOLVE_CONSECUTIVE, SOLVE_RETURN, Budget, Row
+from benchmarks.phases import (
+    ceiling_sps,
+    end_to_end_sps,
+    env_sps,
+    phase_sps,
+    time_to_solve,
+    tracking_overhead,
+    train_process_seconds,
+)
 from benchmarks.sb3_peer import sb3_available, sb3_kwargs
+from benchmarks.table import bar_chart, log_to_mlflow, machine_info, markdown_table
 from ppo1.config import (
     CONF_DIR,
     ConfigError,
     TrackingConfig,
     TrainConfig,
-    exit_with_error,
     register_configs,
     to_train_config,
 )
-from ppo1.core.backends import ppo_update
-from ppo1.core.checkpoint import build_agent
 from ppo1.core.envs import make_vector_env
-from ppo1.tracking.tracker import Tracker, open_client, project_root, tracking_uri
-from ppo1.train import next_batch, train, training_parts
+from ppo1.tracking.store import open_client, tracking_uri
+from ppo1.utils.cli import exit_with_error
 
-# CartPole-v1 counts as solved at a 20-episode deterministic evaluation mean >= 475, twice in a
-# row (the issue's criterion; 475 is Gymnasium's reward_threshold for CartPole-v1).
-SOLVE_RETURN = 475.0
-SOLVE_CONSECUTIVE = 2
 # ppo1's own config tuned for time-to-solve; the bench times it on CartPole beside the rest.
 TUNED = ["algo=ppo_fast"]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much of each measurement to run; `quick` is for smoke tests, not for numbers."""
-
-    repeats: int = 3
-    seeds: int = 5
-    phase_rollouts: int = 40
-    env_steps: int = 2000
-    e2e_timesteps: int = 20_000
-    solve_timesteps: int = 100_000
-    eval_every_updates: int = 8
-    tracking_timesteps: int = 20_000
-    # Tracking costs a few % of wall time against swings of 10 % here: more pairs than repeats.
-    tracking_pairs: int = 6
-    # The main job (`python -m ppo1.train` as configured, evaluations included); None: its
-    # own total_timesteps.
-    main_job_timesteps: int | None = None
-    main_job_pairs: int = 3
-    startup: bool = True
-
-    @classmethod
-    def quick(cls) -> Budget:
-        return cls(
-            repeats=1,
-            seeds=1,
-            phase_rollouts=2,
-            env_steps=50,
-            e2e_timesteps=512,
-            solve_timesteps=512,
-            eval_every_updates=1,
-            tracking_timesteps=512,
-            tracking_pairs=1,
-            main_job_timesteps=512,
-            main_job_pairs=1,
-            startup=False,
-        )
-
-
-@dataclass
-class Row:
-    """One measured quantity: samples per system ('ppo1', 'sb3'); higher or lower is better."""
-
-    key: str
-    name: str
-    unit: str
-    higher_is_better: bool
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    note: str = ""
-
-    def add(self, system: str, value: float | None) -> None:
-        self.samples.setdefault(system, [])
-        if value is not None:
-            self.samples[system].append(value)
-
-    def median(self, system: str) -> float | None:
-        values = self.samples.get(system)
-        return statistics.median(values) if values else None
-
-    def speedup(self) -> float | None:
-        """ppo1's advantage over SB3 as a factor > 1 when ppo1 is better, from the medians."""
-        ours, theirs = self.median("ppo1"), self.median("sb3")
-        if ours is None or theirs is None or ours == 0 or theirs == 0:
-            return None
-        return ours / theirs if self.higher_is_better else theirs / ours
-
-
-def machine_info() -> dict[str, str]:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
-        "cpu": model,
-        "cores": str(os.cpu_count()),
-        "torch_threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_avg_1m": f"{load[0]:.2f}",
-    }
 
 
 def compose_config(overrides: Sequence[str]) -> TrainConfig:
@@ -177,234 +88,6 @@ def checked_configs(
     else:
         return cfg, tuned
     exit_with_error(message)
-
-
-def bench_config(cfg: TrainConfig, seed: int, timesteps: int, eval_every: int) -> TrainConfig:
-    """cfg for one measured run: quiet, untracked, no checkpoint."""
-    return replace(
-        cfg,
-        seed=seed,
-        total_timesteps=timesteps,
-        eval=replace(cfg.eval, every=eval_every),
-        tracking=replace(cfg.tracking, enabled=False),
-        verbose=False,
-        save_model=False,
-    )
-
-
-def env_sps(cfg: TrainConfig, seed: int, steps: int, forward: bool) -> float:
-    """Random actions through the training vector env, optionally plus one batched forward."""
-    envs = make_vector_env(cfg.env, cfg.env.num_envs)
-    envs.action_space.seed(seed)
-    actions = [envs.action_space.sample() for _ in range(steps)]
-    obs, _ = envs.reset(seed=seed)
-    with torch.inference_mode():
-        policy = build_agent(cfg, envs).fused()
-        start = time.perf_counter()
-        for action in actions:
-            if forward:
-                policy(torch.as_tensor(obs, dtype=torch.float32))
-            obs, *_ = envs.step(action)
-        seconds = time.perf_counter() - start
-    envs.close()
-    return steps * cfg.env.num_envs / seconds
-
-
-def phase_sps(cfg: TrainConfig, seed: int, rollouts: int) -> tuple[float, float]:
-    """(rollout-only, update-only) env-steps/s; GAE counts as rollout work, as in SB3."""
-    envs, agent, optimizer, collector = training_parts(cfg, seed)
-    rollout_s = update_s = 0.0
-    for _ in range(rollouts):
-        start = time.perf_counter()
-        _, batch = next_batch(collector, cfg.algo)
-        middle = time.perf_counter()
-        ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip, cfg.algo.lr)
-        rollout_s += middle - start
-        update_s += time.perf_counter() - middle
-    envs.close()
-    steps = rollouts * cfg.batch_size
-    return steps / rollout_s, steps / update_s
-
-
-# The matrix products of an update (`torch.mm`, `torch.addmm`; F.linear arrives as addmm).
-MATMULS = ("mm", "addmm")
-# (shape, strides) of a tensor: a weight enters its product as a transposed view.
-Layout = tuple[tuple[int, ...], tuple[int, ...]]
-
-
-def _layout(tensor: torch.Tensor) -> Layout:
-    return tuple(tensor.shape), tuple(tensor.stride())
-
-
-@dataclass(frozen=True)
-class MatmulCall:
-    """A matrix product as an update calls it: `torch.<op>(*operands, out=<out>)`."""
-
-    op: str
-    operands: tuple[Layout, ...]
-    out: Layout | None
-
-
-class _MatmulRecorder(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's is untyped
-    """Counts every matrix product reaching ATen, by its operands' layouts."""
-
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.calls: Counter[MatmulCall] = Counter()
-
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        op = func.overloadpacket.__name__
-        if op in MATMULS:
-            out = kwargs.get("out")
-            self.calls[
-                MatmulCall(
-                    op,
-                    tuple(_layout(a) for a in args if isinstance(a, torch.Tensor)),
-                    None if out is None else _layout(out),
-                )
-            ] += 1
-        return func(*args, **kwargs)
-
-
-def update_matmuls(cfg: TrainConfig, seed: int) -> Counter[MatmulCall]:
-    """Every matrix product one `ppo_update` calls, and how many times."""
-    envs, agent, optimizer, collector = training_parts(cfg, seed)
-    _, batch = next_batch(collector, cfg.algo)
-    recorder = _MatmulRecorder()
-    with recorder:
-        ppo_update(agent, optimizer, batch, cfg.algo, cfg.algo.clip, cfg.algo.lr)
-    envs.close()
-    return recorder.calls
-
-
-def replay_seconds(calls: Counter[MatmulCall], repeats: int = 200) -> float:
-    """Seconds `calls` take replayed back to back on random operands of the same layouts: an
-    update reduced to its matrix products, with no other kernel, Python or dispatch."""
-
-    def tensor(layout: Layout) -> torch.Tensor:
-        return torch.empty_strided(*layout).normal_()
-
-    total = 0.0
-    for call, count in calls.items():
-        operands = [tensor(layout) for layout in call.operands]
-        out = {} if call.out is None else {"out": tensor(call.out)}
-        op = getattr(torch, call.op)
-        for _ in range(repeats // 10):  # warm caches and the allocator
-            op(*operands, **out)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            op(*operands, **out)
-        total += (time.perf_counter() - start) / repeats * count
-    return total
-
-
-def ceiling_sps(cfg: TrainConfig, seed: int, raw_sps: float) -> float:
-    """Env-steps/s of a run whose rollout ran at its raw limit (`raw_sps`, random actions +
-    one forward a step) and whose update were nothing but its matrix products: what no
-    implementation calling this CPU's BLAS for the same products can pass."""
-    update_s = replay_seconds(update_matmuls(cfg, seed))
-    return cfg.batch_size / (cfg.batch_size / raw_sps + update_s)
-
-
-def rss_mib() -> float:
-    """Resident set size of this process now (Linux /proc; nan elsewhere)."""
-    statm = Path("/proc/self/statm")
-    if not statm.exists():
-        return float("nan")
-    return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def end_to_end_sps(cfg: TrainConfig, seed: int, timesteps: int) -> tuple[float, float | None]:
-    """(env-steps/s, RSS growth in MiB from the first update to the last) of train().
-
-    Untracked; evaluation (only after the last update) is not counted.
-    """
-    rss: list[float] = []
-
-    def on_update(step: int, metrics: dict[str, float]) -> None:
-        rss[1:] = [rss_mib()]
-
-    result = train(bench_config(cfg, seed, timesteps, eval_every=10**9), on_update=on_update)
-    last = result.history[-1]
-    return last["step"] / last["time/train_seconds"], rss[-1] - rss[0]
-
-
-class Solved(Exception):
-    """Raised from the update hook to stop a time-to-solve run."""
-
-
-class SolveWatch:
-    """Feeds evaluation results; `done` once SOLVE_CONSECUTIVE in a row reach SOLVE_RETURN."""
-
-    def __init__(self) -> None:
-        self.streak = 0
-        self.solved_at: tuple[float, float] | None = None  # (env steps, training seconds)
-
-    def see(self, step: float, seconds: float, mean_return: float) -> bool:
-        self.streak = self.streak + 1 if mean_return >= SOLVE_RETURN else 0
-        if self.streak >= SOLVE_CONSECUTIVE and self.solved_at is None:
-            self.solved_at = (step, seconds)
-        return self.solved_at is not None
-
-
-def time_to_solve(cfg: TrainConfig, seed: int, budget: Budget) -> tuple[float, float] | None:
-    """(env steps, training seconds without evaluation) until solved, or None within budget."""
-    watch = SolveWatch()
-
-    def on_update(step: int, metrics: dict[str, float]) -> None:
-        ret = metrics.get("eval/mean_return")
-        if ret is not None and watch.see(step, metrics["time/train_seconds"], ret):
-            raise Solved
-
-    run_cfg = bench_config(cfg, seed, budget.solve_timesteps, budget.eval_every_updates)
-    with contextlib.suppress(Solved):
-        train(run_cfg, on_update=on_update)
-    return watch.solved_at
-
-
-def tracking_overhead(
-    cfg: TrainConfig,
-    seed: int,
-    timesteps: int,
-    eval_every: int,
-    uri: str,
-    tracked_first: bool = True,
-) -> float:
-    """Wall time of train() with MLflow tracking over without, minus 1, in percent.
-
-    The tracked run does all a default run does: metrics, figures, dashboard, checkpoint.
-    """
-    base = bench_config(cfg, seed, timesteps, eval_every)
-    tracked = replace(
-        base,
-        save_model=cfg.save_model,
-        tracking=TrackingConfig(enabled=True, uri=uri, experiment="ppo1-bench-tracking"),
-    )
-    walls = {}
-    for run_cfg in (tracked, base) if tracked_first else (base, tracked):
-        start = time.perf_counter()
-        train(run_cfg)
-        walls[run_cfg.tracking.enabled] = time.perf_counter() - start
-    return 100.0 * (walls[True] / walls[False] - 1.0)
-
-
-def train_process_seconds(overrides: Sequence[str], tracking_uri: str | None) -> float:
-    """Wall time of `python -m ppo1.train` in a fresh process, as a user runs it: imports,
-    setup, training and, tracked to `tracking_uri`, everything the run writes to MLflow."""
-    tracking = ["tracking.enabled=false"]
-    if tracking_uri is not None:
-        tracking = [f"tracking.uri={tracking_uri}", "tracking.experiment=ppo1-bench-process"]
-    command = [sys.executable, "-m", "ppo1.train", *overrides, *tracking, "verbose=false"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, cwd=project_root())
-    return time.perf_counter() - start
 
 
 def measure(
@@ -535,112 +218,6 @@ class _Ppo1Runner:
 
     def time_to_solve(self, seed: int) -> tuple[float, float] | None:
         return time_to_solve(self.cfg, seed, self.budget)
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
-
-
-def cell(row: Row, system: str) -> str:
-    values = row.samples.get(system)
-    if not values:
-        return "-" if system in row.samples else "n/a"
-    median = fmt(row.median(system))
-    if len(values) == 1:
-        return median
-    return f"{median} ({fmt(min(values))}-{fmt(max(values))})"
-
-
-def markdown_table(
-    rows: list[Row], info: dict[str, str], cfg: TrainConfig, notes: list[str]
-) -> str:
-    has_sb3 = any("sb3" in row.samples for row in rows)
-    header = (
-        "| measure | unit | ppo1 | SB3 | ppo1 vs SB3 |" if has_sb3 else "| measure | unit | ppo1 |"
-    )
-    lines = [
-        f"ppo1 benchmark: {cfg.env.id}, {cfg.env.num_envs} envs x {cfg.algo.n_steps} steps, "
-        f"{cfg.algo.epochs} epochs, minibatch {cfg.algo.minibatch_size}",
-        "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
-        "cells: median (min-max) over seeds/repeats",
-        "",
-        header,
-        "|---|---|---:|" + ("---:|---:|" if has_sb3 else ""),
-    ]
-    for row in rows:
-        line = f"| {row.name} | {row.unit} | {cell(row, 'ppo1')} |"
-        if has_sb3:
-            speedup = row.speedup()
-            line += f" {cell(row, 'sb3')} | {'' if speedup is None else f'{speedup:.1f}x'} |"
-        lines.append(line)
-    lines += [f"note: {row.name}: {row.note}" for row in rows if row.note]
-    lines += [f"note: {note}" for note in notes]
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(rows: list[Row]) -> Any:
-    """Grouped bars of the medians with min-max error bars: env-steps/s, and seconds."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    sps = [r for r in rows if r.unit == "env-steps/s"]
-    secs = [r for r in rows if r.unit == "s"]
-    fig = make_subplots(
-        rows=1, cols=2, column_widths=[0.7, 0.3], subplot_titles=("env-steps/s", "seconds")
-    )
-    for system, color in (("ppo1", "#1f77b4"), ("sb3", "#ff7f0e")):
-        for col, group in ((1, sps), (2, secs)):
-            present = [r for r in group if r.samples.get(system)]
-            if not present:
-                continue
-            medians = [r.median(system) or 0.0 for r in present]
-            fig.add_trace(
-                go.Bar(
-                    name=system,
-                    x=[r.name for r in present],
-                    y=medians,
-                    marker_color=color,
-                    showlegend=col == 1,
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": [
-                            max(r.samples[system]) - m
-                            for r, m in zip(present, medians, strict=True)
-                        ],
-                        "arrayminus": [
-                            m - min(r.samples[system])
-                            for r, m in zip(present, medians, strict=True)
-                        ],
-                    },
-                ),
-                row=1,
-                col=col,
-            )
-    fig.update_layout(barmode="group", title="ppo1 benchmark (median, min-max)")
-    return fig
-
-
-def log_to_mlflow(
-    rows: list[Row], params: dict[str, Any], table: str, out: Path, tracking: TrackingConfig
-) -> str | None:
-    """One run: the medians as metrics, the table, the raw samples and the bar chart."""
-    with Tracker(tracking, params, {"mlflow.source.name": "benchmarks.bench"}) as tracker:
-        metrics: dict[str, float] = {}
-        for row in rows:
-            for system in row.samples:
-                median = row.median(system)
-                if median is not None:
-                    metrics[f"bench/{system}/{row.key}"] = median
-        tracker.log_metrics(metrics, 0)
-        tracker.log_text(table, "bench.md")
-        for name in ("bench.json", "bench.html"):
-            tracker.log_artifact(out / name)
-    return tracker.run_id
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from ppo1.core.evaluation import run_episodes
 from ppo1.core.schedules import multiplier
 
 if TYPE_CHECKING:
-    from benchmarks.bench import Budget
+    from benchmarks.budget import Budget
 
 
 def sb3_available() -> bool:
@@ -159,7 +159,7 @@ class Sb3Runner:
         """As benchmarks.bench.time_to_solve: same evaluation envs, episodes, frequency and rule."""
         from stable_baselines3.common.callbacks import BaseCallback
 
-        from benchmarks.bench import SolveWatch
+        from benchmarks.budget import SolveWatch
 
         cfg = self.cfg
         eval_env = make_vector_env(cfg.env, cfg.eval.num_envs)

@@ -13,7 +13,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from ppo1.config import NOT_LEARNING
-from ppo1.dashboard import html_page, out_error
+from ppo1.report.pages import html_page, out_error
 from ppo1.report.plots import Curves, compare_figure, params_table_figure
 from ppo1.report.runs import RunData, add_store_argument, load_run, open_store, resolve_runs
 

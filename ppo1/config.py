@@ -10,16 +10,17 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import gymnasium as gym
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from ppo1.utils.cli import exit_with_error
 
 
 class ConfigError(ValueError):
@@ -481,12 +482,6 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     train_cfg = OmegaConf.to_object(cfg)
     assert isinstance(train_cfg, TrainConfig)
     return train_cfg
-
-
-def exit_with_error(message: str) -> NoReturn:
-    """Exit 2 with one `error: ...` line on stderr: every entrypoint's answer to bad input."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def to_train_config_or_exit(cfg: DictConfig) -> TrainConfig:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from ppo1.config import ConfigError, TrackingConfig, exit_with_error
+from ppo1.config import ConfigError, TrackingConfig
 from ppo1.core.checkpoint import CheckpointError, load_checkpoint
 from ppo1.core.envs import make_vector_env
 from ppo1.core.evaluation import evaluate
-from ppo1.tracking.tracker import open_client, tracking_uri
+from ppo1.tracking.store import open_client, tracking_uri
+from ppo1.utils.cli import exit_with_error
 
 
 def positive_int(text: str) -> int:

@@ -12,18 +12,13 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ppo1.config import (
-    CONF_DIR,
-    ConfigError,
-    exit_with_error,
-    register_configs,
-    to_train_config_or_exit,
-)
+from ppo1.config import CONF_DIR, ConfigError, register_configs, to_train_config_or_exit
 from ppo1.sweep.parent_run import find_study_run
 from ppo1.sweep.search_space import search_space
 from ppo1.sweep.study import open_storage, storage_exists, storage_spec
 from ppo1.sweep.study_report import report_study
-from ppo1.tracking.tracker import tracking_uri
+from ppo1.tracking.store import tracking_uri
+from ppo1.utils.cli import exit_with_error
 
 register_configs()
 

@@ -28,7 +28,7 @@ from ppo1.config import AlgoConfig, Backend, ConfigError, NetworkConfig, TrainCo
 from ppo1.core.backends import check_backend, make_optimizer, ppo_update
 from ppo1.core.networks import ActorCritic
 from ppo1.core.update import Batch, UpdateStats
-from ppo1.train import train
+from ppo1.tracked import train
 
 # A base small enough to run per field: 48 samples in minibatches of 20 (a partial last one).
 BASE = AlgoConfig(epochs=2, minibatch_size=20, net=NetworkConfig(hidden=[16, 8], log_std_init=-0.3))

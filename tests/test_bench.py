@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmarks import bench
-from benchmarks.bench import (
-    Budget,
-    MatmulCall,
-    Row,
-    SolveWatch,
-    compose_config,
-    markdown_table,
-    time_to_solve,
-)
+from benchmarks import bench, phases
+from benchmarks.bench import compose_config
+from benchmarks.budget import Budget, Row, SolveWatch
+from benchmarks.phases import MatmulCall, time_to_solve
 from benchmarks.sb3_peer import Sb3Runner, sb3_kwargs
+from benchmarks.table import markdown_table
 
 THROUGHPUT_KEYS = ("env_sps", "raw_sps", "rollout_sps", "update_sps", "end_to_end_sps")
 
@@ -123,8 +118,8 @@ def test_the_ceiling_replays_every_matrix_product_of_an_update() -> None:
     # backward (per tower: a weight gradient per layer, an input gradient above the first);
     # then one policy forward over the batch for the KL.
     cfg = compose_config(["algo.epochs=2", "algo.minibatch_size=128"])
-    calls = bench.update_matmuls(cfg, seed=0)
-    counts = {op: sum(n for c, n in calls.items() if c.op == op) for op in bench.MATMULS}
+    calls = phases.update_matmuls(cfg, seed=0)
+    counts = {op: sum(n for c, n in calls.items() if c.op == op) for op in phases.MATMULS}
     assert counts == {"addmm": 4 * 6 + 3, "mm": 4 * 10}
 
     def macs(call: MatmulCall) -> int:
@@ -138,10 +133,10 @@ def test_the_ceiling_replays_every_matrix_product_of_an_update() -> None:
     backward = forward + 2 * 64 * 64 + 64 * 2 + 64 * 1
     policy = 4 * 64 + 64 * 64 + 64 * 2
     assert sum(map(macs, calls)) == 4 * 128 * (forward + backward) + 256 * policy
-    seconds = bench.replay_seconds(calls, repeats=20)
+    seconds = phases.replay_seconds(calls, repeats=20)
     assert seconds > 0
     # Nothing but the products is less than the whole update, and bounds a run below its rollout.
-    assert bench.ceiling_sps(cfg, 0, raw_sps=30_000.0) < 30_000.0
+    assert phases.ceiling_sps(cfg, 0, raw_sps=30_000.0) < 30_000.0
 
 
 def test_tuned_config_halves_the_epochs_at_twice_the_step_size() -> None:

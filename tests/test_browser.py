@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from ppo1 import compare
 from ppo1.config import TrainConfig
 from ppo1.report.runs import get_run, load_run, resolve_runs
-from ppo1.train import train
+from ppo1.tracked import train
 from tests.browser import offline_page
 from tests.conftest import TINY, mlflow_serving, refused
 from tests.test_figure_logging import FIGURES

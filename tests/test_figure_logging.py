@@ -18,7 +18,7 @@ from ppo1.core.rollout import Episode
 from ppo1.report.figure_logger import figures_hint
 from ppo1.report.ratios import summarize
 from ppo1.report.runs import TRAINING_METRIC, RunData, curves_from_history, resolve_runs
-from ppo1.train import train
+from ppo1.tracked import train
 from tests.conftest import TINY, one_error_line, read_only, refused, run_module
 
 FIGURES = [

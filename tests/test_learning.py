@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from ppo1.config import TrainConfig
-from ppo1.train import train
+from ppo1.tracked import train
 
 
 @pytest.mark.slow

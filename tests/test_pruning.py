@@ -14,6 +14,7 @@ from optuna.pruners import MedianPruner, ThresholdPruner
 from optuna.trial import TrialState, create_trial
 
 from ppo1.config import KLMetric, KLPrunerConfig, SweepConfig, TrainConfig
+from ppo1.core.loop import TrainResult, UpdateHook
 from ppo1.sweep.pruning import (
     KL_ATTR,
     PRUNE_REASON_ATTR,
@@ -23,9 +24,8 @@ from ppo1.sweep.pruning import (
     kl_divergence_reason,
 )
 from ppo1.sweep.study import find_trial, open_storage
-from ppo1.sweep.trial import TrainFn, train_seeds
+from ppo1.sweep.trial import train_seeds
 from ppo1.tracking.tracker import Tracker
-from ppo1.train import TrainResult, UpdateHook
 
 RULE = KLPrunerConfig(metric=KLMetric.kl, threshold=0.1, patience=3, warmup_updates=2)
 
@@ -161,8 +161,10 @@ def test_only_the_kl_rule_may_stop_a_trial_at_its_last_report(tmp_path: Path) ->
         report(5 * 256, metrics(0.4, 150.0))
 
 
-def evaluating_at_the_end(mean_return: float) -> TrainFn:
-    """A stand-in for ppo1.train.train: every update reports to the hook, as training does,
+def evaluating_at_the_end(
+    mean_return: float,
+) -> Callable[[TrainConfig, UpdateHook | None, object], TrainResult]:
+    """A stand-in for ppo1.tracked.train: every update reports to the hook, as training does,
     with a calm KL and an evaluation at the last update only."""
 
     def train(cfg: TrainConfig, on_update: UpdateHook | None, tags: object) -> TrainResult:
@@ -176,7 +178,9 @@ def evaluating_at_the_end(mean_return: float) -> TrainFn:
 
 
 def test_a_trial_keeps_its_result_after_its_whole_budget(
-    tmp_path: Path, compose_cfg: Callable[[list[str]], TrainConfig]
+    tmp_path: Path,
+    compose_cfg: Callable[[list[str]], TrainConfig],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cfg = compose_cfg(
         [
@@ -194,8 +198,9 @@ def test_a_trial_keeps_its_result_after_its_whole_budget(
     def run(seeds: int, mean_return: float) -> float:
         sweep = dataclasses.replace(cfg.sweep, seeds=seeds)
         trial = study.ask()
+        monkeypatch.setattr("ppo1.sweep.trial.train", evaluating_at_the_end(mean_return))
         with Tracker(cfg.tracking, {}) as trial_run:
-            value = train_seeds(evaluating_at_the_end(mean_return), cfg, sweep, trial, trial_run)
+            value = train_seeds(cfg, sweep, trial, trial_run)
         study.tell(trial, value)
         return value
 

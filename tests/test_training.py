@@ -29,14 +29,11 @@ from ppo1.core.networks import ActorCritic
 from ppo1.core.rollout import RolloutCollector
 from ppo1.core.update import Batch, NonFiniteLossError
 from ppo1.evaluate import main as evaluate_cli
-from ppo1.tracking.tracker import (
-    _server_problem,
-    open_client,
-    sigterm_as_interrupt,
-    tracking_uri,
-    usable_cpus,
-)
-from ppo1.train import progress_line, train
+from ppo1.report.progress import progress_line
+from ppo1.tracked import train
+from ppo1.tracking.store import _server_problem, open_client, tracking_uri
+from ppo1.utils.paths import usable_cpus
+from ppo1.utils.signals import sigterm_as_interrupt
 
 from .conftest import CONF_DIR as CONF
 from .conftest import (

@@ -27,14 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from ppo1.config import (
-    ConfigError,
-    SweepConfig,
-    TrackingConfig,
-    TrainConfig,
-    exit_with_error,
-    to_train_config,
-)
+from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
 from ppo1.sweep.study import (
@@ -54,7 +47,8 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
-from ppo1.tracking.tracker import sigterm_as_interrupt
+from ppo1.utils.cli import exit_with_error
+from ppo1.utils.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

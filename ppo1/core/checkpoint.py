@@ -11,9 +11,25 @@ from gymnasium.vector import VectorEnv
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ppo1.config import TrainConfig, to_plain_dict
+from ppo1.config import ConfigError, TrainConfig, to_plain_dict
 from ppo1.core.envs import make_vector_env
 from ppo1.core.networks import ActorCritic, ObsNormalizer
+
+RESUME_FILE = "resume.pt"
+POLICY_FILE = "policy.pt"
+# What a resume.pt holds (written by ppo1.core.loop.Loop.state).
+STATE_KEYS = (
+    "config",
+    "update",
+    "global_step",
+    "agent",
+    "optimizer",
+    "torch_rng",
+    "figures",
+    "history",
+    "episodes",
+    "evals",
+)
 
 
 def build_agent(cfg: TrainConfig, env: VectorEnv) -> ActorCritic:
@@ -30,6 +46,13 @@ def save_atomically(payload: dict[str, Any], path: Path) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     torch.save(payload, partial)
     os.replace(partial, path)
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the checkpoint folder {folder}: {err}") from err
 
 
 def save_checkpoint(path: Path, agent: ActorCritic, cfg: TrainConfig) -> None:

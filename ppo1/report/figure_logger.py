@@ -5,27 +5,28 @@ from __future__ import annotations
 import shlex
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ppo1.config import AdvNorm, FiguresMode, TrainConfig
+from ppo1.core.loop import LoopObserver, TrainResult
 from ppo1.core.update import UpdateStats, normalize_advantages
-from ppo1.dashboard import write_figures
+from ppo1.report.pages import write_figures
 from ppo1.report.ratios import RatioSnapshot, from_json, summarize, to_json
 from ppo1.report.runs import FIGURES_DIR, RunData, curves_from_history, label
-from ppo1.tracking.tracker import Tracker, default_tracking_uri, tracking_uri
-
-if TYPE_CHECKING:
-    from ppo1.train import TrainResult
+from ppo1.tracking.store import default_tracking_uri, tracking_uri
+from ppo1.tracking.tracker import Tracker
 
 # (r_t, A_t) pairs kept of the last rollout: enough to see the clipped regions, ~40 kB.
 MAX_POINTS = 1024
 
 
-class FigureLogger:
+class FigureLogger(LoopObserver):
     """Summarises r_t after every update and logs the figures under `figures/` of the run:
     every `tracking.figures_every` updates (overwriting) and after the last one."""
+
+    state_key = "figures"
 
     def __init__(self, cfg: TrainConfig, tracker: Tracker) -> None:
         self.cfg, self.tracker = cfg, tracker
@@ -33,7 +34,7 @@ class FigureLogger:
         self.snapshots: list[RatioSnapshot] = []
         self.rng = np.random.default_rng(cfg.seed)
 
-    def record(self, update: int, step: int, clip: float, stats: UpdateStats) -> None:
+    def learned(self, update: int, step: int, clip: float, stats: UpdateStats) -> None:
         if not self.enabled:
             return
         advantages = stats.advantages
@@ -58,11 +59,15 @@ class FigureLogger:
         self.rng.bit_generator.state = state["rng"]
         self.snapshots = from_json(state["snapshots"])
 
-    def maybe_log(self, update: int, result: TrainResult) -> None:
+    def updated(self, update: int, metrics: dict[str, float], result: TrainResult) -> None:
         """The figures every `tracking.figures_every` updates; those after the last update
-        are `log`ged by the trainer once the model is stored (small artifacts first)."""
+        are logged when training has finished, after the model (small artifacts first)."""
         every = self.cfg.tracking.figures_every
         if self.enabled and every and update % every == 0 and update < self.cfg.num_updates:
+            self.log(result)
+
+    def finished(self, result: TrainResult, policy: Path | None) -> None:
+        if self.enabled:
             self.log(result)
 
     def log(self, result: TrainResult) -> None:

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ppo1.config import ConfigError, TrackingConfig, exit_with_error
+from ppo1.config import ConfigError, TrackingConfig
 from ppo1.core.rollout import Episode
 from ppo1.report.plots import EPISODIC_RETURN, Curves, Series
 from ppo1.report.ratios import RatioSnapshot, from_json
-from ppo1.tracking.tracker import open_client, tracking_uri
+from ppo1.tracking.store import open_client, tracking_uri
+from ppo1.utils.cli import exit_with_error
 
 if TYPE_CHECKING:
     # Imported where used instead: training imports this module, and `import mlflow` takes

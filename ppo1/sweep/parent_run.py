@@ -6,7 +6,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from ppo1.config import SweepConfig, TrackingConfig
-from ppo1.tracking.tracker import open_client, tracking_uri
+from ppo1.tracking.store import open_client, tracking_uri
 from ppo1.tracking.writer import get_or_create_experiment
 
 

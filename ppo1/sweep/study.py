@@ -21,7 +21,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_plain_dict
-from ppo1.tracking.tracker import flatten, project_root
+from ppo1.utils.params import flatten
+from ppo1.utils.paths import project_root
 
 # Trial user attrs the sweeper writes for its jobs and for resuming.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"

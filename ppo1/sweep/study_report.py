@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna import visualization as vis
 from optuna.trial import FrozenTrial, TrialState
 
-from ppo1.dashboard import html_page
+from ppo1.report.pages import html_page
 from ppo1.sweep.search_space import overrides
 from ppo1.sweep.study import CONFIG_ATTR
 

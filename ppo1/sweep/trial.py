@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -15,13 +13,8 @@ from ppo1.core.update import NonFiniteLossError
 from ppo1.sweep.objectives import objective_value
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
 from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
+from ppo1.tracked import train
 from ppo1.tracking.tracker import Tracker
-
-if TYPE_CHECKING:
-    from ppo1.train import TrainResult, UpdateHook
-
-# ppo1.train.train, passed in by the entrypoint (this module is imported by ppo1.train).
-TrainFn = Callable[[TrainConfig, "UpdateHook | None", "dict[str, str] | None"], "TrainResult"]
 
 
 def trial_tags(sweep: SweepConfig, number: int, parent_run_id: str | None) -> dict[str, str]:
@@ -37,7 +30,7 @@ def trial_tags(sweep: SweepConfig, number: int, parent_run_id: str | None) -> di
 
 
 def train_seeds(
-    train: TrainFn, cfg: TrainConfig, sweep: SweepConfig, trial: optuna.Trial, trial_run: Tracker
+    cfg: TrainConfig, sweep: SweepConfig, trial: optuna.Trial, trial_run: Tracker
 ) -> float:
     """Train seeds cfg.seed, cfg.seed + 1, ...; each run nests under the trial's run."""
     values = []
@@ -60,7 +53,7 @@ def train_seeds(
     return float(np.mean(values))
 
 
-def run_trial(cfg: TrainConfig, train: TrainFn) -> float:
+def run_trial(cfg: TrainConfig) -> float:
     """Run the trial `cfg.sweep.trial`; pruned trials raise optuna.TrialPruned to the sweeper."""
     sweep = cfg.sweep
     assert sweep is not None and sweep.trial is not None
@@ -75,7 +68,7 @@ def run_trial(cfg: TrainConfig, train: TrainFn) -> float:
     tags = trial_tags(sweep, trial.number, parent_run_id)
     with Tracker(cfg.tracking, plain, tags) as trial_run:
         try:
-            value = train_seeds(train, cfg, sweep, trial, trial_run)
+            value = train_seeds(cfg, sweep, trial, trial_run)
         except NonFiniteLossError as err:
             # A diverged policy is a verdict on the hyperparameters, not a crash of the sweep.
             reason = f"non-finite loss: {err}"

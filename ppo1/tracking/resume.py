@@ -15,30 +15,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError, TrainConfig, to_plain_dict
-from ppo1.core.checkpoint import CheckpointError, config_from_plain, load_payload
-from ppo1.tracking.tracker import open_client, project_root, tracking_uri
+from ppo1.core.checkpoint import (
+    RESUME_FILE,
+    STATE_KEYS,
+    CheckpointError,
+    config_from_plain,
+    load_payload,
+)
+from ppo1.tracking.store import open_client, tracking_uri
 from ppo1.tracking.writer import HOST_TAG, PID_TAG, end_dead_runs
+from ppo1.utils.paths import project_root
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 CHECKPOINT_TAG = "ppo1.checkpoint_dir"
-RESUME_FILE = "resume.pt"
-POLICY_FILE = "policy.pt"
-# What a resume.pt holds (written by ppo1.train.Loop.state).
-STATE_KEYS = (
-    "config",
-    "update",
-    "global_step",
-    "agent",
-    "optimizer",
-    "torch_rng",
-    "figures",
-    "history",
-    "episodes",
-    "evals",
-)
 # What `resume=` may change: how long to train and how the run is shown and stored. Anything
 # else would make the rest of the run learn differently from the start it continues.
 RESUMABLE = (
@@ -78,13 +70,6 @@ def new_checkpoint_folder(cfg: TrainConfig) -> Path | None:
     if root is None:
         return None
     return root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-
-
-def make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create the checkpoint folder {folder}: {err}") from err
 
 
 @dataclass

@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ppo1.config import ConfigError, TrackingConfig
+from ppo1.config import TrackingConfig
+from ppo1.tracking.store import (
+    StoreFailedError,
+    connect,
+    is_server,
+    store_error,
+    store_failed,
+    store_problem,
+    tracking_uri,
+)
 from ppo1.tracking.writer import (
     Op,
     Row,
     RunWriter,
     apply,
-    artifact_folder,
     create_run,
     process_tags,
-    quiet_mlflow,
 )
+from ppo1.utils.cli import one_line
+from ppo1.utils.params import flatten
+from ppo1.utils.paths import git_commit, usable_cpus
+from ppo1.utils.signals import interrupts_deferred
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
@@ -43,244 +47,6 @@ _WRITER_AFTER_S = 5.0
 _FLUSH_EVERY_S = 1.0
 # Without a writer process, how often the training process writes them itself.
 _WRITE_EVERY_S = 5.0
-# The one request that tells a dead tracking server from a live one; MLflow's own client
-# retries a refused connection for ~4 minutes before it fails.
-_HEALTH_TIMEOUT_S = 5.0
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (a scheduler's allocation, taskset), not the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def project_root() -> Path:
-    """The checkout holding `conf/` and `mlruns/`; PPO1_HOME overrides it."""
-    return Path(os.environ.get("PPO1_HOME", Path(__file__).resolve().parents[2]))
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
-
-
-def tracking_uri(cfg: TrackingConfig) -> str:
-    """cfg.uri, else $MLFLOW_TRACKING_URI, else SQLite under mlruns/."""
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-
-
-def is_server(uri: str) -> bool:
-    """A tracking server's URI, rather than a store's."""
-    return uri.startswith(("http://", "https://"))
-
-
-def _server_problem(uri: str) -> str | None:
-    """Why nothing answers at an http(s) tracking URI, or None if something does."""
-    url = f"{uri.rstrip('/')}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=_HEALTH_TIMEOUT_S):
-            return None
-    except urllib.error.HTTPError:
-        return None  # a server answered (a proxy or a path prefix may not route /health)
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        return f"no server answers at {url} ({reason})"
-
-
-def _unwritable(directory: Path) -> str | None:
-    """Why no file can be created in `directory`, or None.
-
-    Tried, not read off the permissions: root ignores those, not a read-only mount, and
-    /proc grants them yet takes no file. SQLite writes its journal beside the database.
-    """
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            return None
-    except OSError as err:
-        return f"cannot write in {directory} ({err.strerror or err})"
-
-
-def _sqlite_problem(uri: str) -> str | None:
-    """A SQLite store's directory must exist (except the default mlruns/, which is created)
-    and take writes, as must the artifacts folder beside it.
-
-    MLflow creates any missing parents (`sqlite:////nonexistent/dir/x.db` made /nonexistent),
-    so a typo in the path, or three slashes meant as four, would grow a tree silently; and it
-    finds an unwritable store only at the run's first write, after minutes of retries.
-    """
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    if path.name in ("", ":memory:"):
-        return None
-    if not path.parent.is_dir():
-        if uri == default_tracking_uri():
-            return _unwritable(next(p for p in path.parents if p.is_dir()))
-        slashes = (
-            ""
-            if path.is_absolute()
-            else " (sqlite:/// takes a relative path; sqlite://// an absolute one)"
-        )
-        return f"directory {path.parent} does not exist{slashes}; create it first"
-    if path.exists() and not os.access(path, os.W_OK):  # False on a read-only mount, even for root
-        return f"{path} is read-only"
-    folders = [path.parent, artifact_folder(path)]
-    return next(filter(None, (_unwritable(f) for f in folders if f.is_dir())), None)
-
-
-def _file_store_problem() -> str | None:
-    """A plain path (or a typo: any text without a scheme) means MLflow's file store, which
-    MLflow 3 refuses with a page about its maintenance unless MLFLOW_ALLOW_FILE_STORE is set."""
-    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
-        return None
-    return (
-        "not a store ppo1 can use: give sqlite:///PATH/mlflow.db (a SQLite file) "
-        "or http://HOST:PORT (a tracking server)"
-    )
-
-
-def store_problem(uri: str) -> str | None:
-    """What is wrong with a tracking URI that can be told without MLflow, or None."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme in ("", "file"):
-        return _file_store_problem()
-    return _server_problem(uri) if is_server(uri) else _sqlite_problem(uri)
-
-
-def store_error(uri: str, problem: str) -> ConfigError:
-    """The bad-input error for a store, naming where its URI came from."""
-    if uri == os.environ.get("MLFLOW_TRACKING_URI"):
-        return ConfigError(f"$MLFLOW_TRACKING_URI {uri!r}: {problem}")
-    if uri == default_tracking_uri():
-        return ConfigError(f"the default store {uri!r}: {problem}; set tracking.uri to another")
-    return ConfigError(f"tracking.uri {uri!r}: {problem}")
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception's message on one line (a store's may run over many), or its type."""
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _connect(uri: str) -> MlflowClient | str:
-    """A client on a store that answers, or why there is none.
-
-    MLflow otherwise fails deep in its stack (a filesystem path, an unknown scheme) or, for
-    a server that is down, only after minutes of retries; a live server keeps those retries.
-    """
-    from mlflow.tracking import MlflowClient
-
-    quiet_mlflow()
-    problem = store_problem(uri)
-    if problem is not None:
-        return problem
-    try:
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)
-    except Exception as err:  # whatever the store's backend raises: report, not traceback
-        return _one_line(err)
-    return client
-
-
-def open_client(uri: str) -> MlflowClient:
-    """A client on a store that answers, or one ConfigError naming the URI and the cause."""
-    client = _connect(uri)
-    if isinstance(client, str):
-        raise store_error(uri, client)
-    return client
-
-
-class StoreFailedError(RuntimeError):
-    """The tracking store failed after the run began: a failure (exit 1), not bad input."""
-
-
-def store_failed(uri: str, cause: str) -> StoreFailedError:
-    """The error for a store that worked when the run began and fails now."""
-    if is_server(uri):
-        # Refused or timed out, MLflow's error is its last retry's; the health check is plainer.
-        problem = _server_problem(uri)
-        if problem is not None:
-            return StoreFailedError(f"the tracking server at {uri} stopped answering: {problem}")
-    return StoreFailedError(f"the tracking store {uri} failed: {cause}")
-
-
-@contextmanager
-def _signal_handlers(
-    signums: tuple[int, ...], handler: Callable[[int, FrameType | None], object]
-) -> Iterator[None]:
-    """`handler` for `signums` inside the block, the previous handlers restored after it.
-
-    Only the main thread receives signals (and may set handlers): elsewhere, nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = [signal.signal(signum, handler) for signum in signums]
-    try:
-        yield
-    finally:
-        for signum, restored in zip(signums, previous, strict=True):
-            signal.signal(signum, restored)
-
-
-# The signals that stop a run as Ctrl-C does: the run ends KILLED, a sweep gives its trials back.
-_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C, SIGTERM or SIGHUP that arrives inside the block until it ends.
-
-    Used around `create_run`: interrupted after the store wrote the run but before it
-    returned, we would never learn the run's id to mark it KILLED.
-    """
-    caught: list[int] = []
-    with _signal_handlers(_STOPS, lambda signum, _: caught.append(signum)):
-        yield
-    if caught:
-        raise KeyboardInterrupt
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM or SIGHUP inside the block raises KeyboardInterrupt, as Ctrl-C does.
-
-    A cluster scheduler or `kill` stops a job with SIGTERM, and a closed SSH session sends
-    SIGHUP; the default action of both ends the process on the spot: its run would stay
-    RUNNING, its buffered metrics unwritten.
-    """
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with _signal_handlers(_STOPS[1:], interrupt):  # Ctrl-C raises it already
-        yield
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{'algo': {'clip': 0.2}} -> {'algo.clip': '0.2'}, the keys users type on the command line."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=project_root(),
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _failed_status(exc: BaseException) -> str:
@@ -395,14 +161,14 @@ class Tracker:
     def _own_client(self) -> tuple[MlflowClient, str]:
         """This process's client, and the run: created here unless the writer created it."""
         if self._client is None:
-            client = _connect(self.uri)
+            client = connect(self.uri)
             if isinstance(client, str):
                 if not (self._answered or self.run_id is not None):
                     raise store_error(self.uri, client)
                 raise self._store_failed(client)
             self._client = client
         if self.run_id is None:
-            with _interrupts_deferred():
+            with interrupts_deferred():
                 self.run_id, self.run_name = create_run(
                     self._client, self.cfg.experiment, self.cfg.run_name, self.tags, self._start_ms
                 )
@@ -424,9 +190,9 @@ class Tracker:
                 name = op[1] if op[0] == "artifact" else op[2]
                 raise StoreFailedError(
                     f"the tracking store failed storing {name}: {type(err).__name__}: "
-                    f"{_one_line(err)}"
+                    f"{one_line(err)}"
                 ) from err
-            raise self._store_failed(_one_line(err)) from err
+            raise self._store_failed(one_line(err)) from err
 
     def _do(self, op: Op) -> None:
         """One write to the run: by the writer if it is the run's client, else here."""
