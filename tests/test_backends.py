@@ -155,7 +155,7 @@ def test_backends_agree_or_fast_refuses(key: str, value: Any, space: gym.Space[A
         return
     hint = (
         f"algo.{key}={setting}: algo.backend=fast trains another update than autograd; write its "
-        "gradient in ppo1/core/fast/update.py or refuse it in ppo.fast_backend_problems "
+        "gradient in ppo1/core/fast/update.py or refuse it in fast_backend_problems "
         "(docs/adding-a-loss-term.md)"
     )
     for a, f in zip(auto_params, fast_params, strict=True):

@@ -37,7 +37,7 @@ def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
 
 
 # Each activation's derivative is written in terms of its output, which the tape keeps. An
-# activation missing here trains only with algo.backend=autograd (ppo.fast_backend_problems).
+# activation missing here trains only with algo.backend=autograd (fast_backend_problems).
 ACTIVATION_BACKWARDS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
     Activation.tanh: _tanh_backward,
     Activation.relu: _relu_backward,
