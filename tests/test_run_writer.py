@@ -17,8 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from ppo1.config import TrackingConfig, TrainConfig
 from ppo1.tracked import train
+from ppo1.tracking.ops import ORPHANED, Op, Row, apply
 from ppo1.tracking.tracker import Tracker
-from ppo1.tracking.writer import ORPHANED, Op, Row, RunWriter, apply
+from ppo1.tracking.writer import RunWriter
 from ppo1.utils.paths import usable_cpus
 
 from .conftest import TINY, run_python, wait_until

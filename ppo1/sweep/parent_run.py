@@ -6,8 +6,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from ppo1.config import SweepConfig, TrackingConfig
+from ppo1.tracking.ops import get_or_create_experiment
 from ppo1.tracking.store import open_client, tracking_uri
-from ppo1.tracking.writer import get_or_create_experiment
 
 
 def _filter(tags: dict[str, str]) -> str:

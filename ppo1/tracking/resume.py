@@ -22,8 +22,8 @@ from ppo1.core.checkpoint import (
     config_from_plain,
     load_payload,
 )
+from ppo1.tracking.ops import HOST_TAG, PID_TAG, end_dead_runs
 from ppo1.tracking.store import open_client, tracking_uri
-from ppo1.tracking.writer import HOST_TAG, PID_TAG, end_dead_runs
 from ppo1.utils.paths import project_root
 
 if TYPE_CHECKING:

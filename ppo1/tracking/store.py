@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.tracking.writer import artifact_folder, quiet_mlflow
+from ppo1.tracking.ops import artifact_folder, quiet_mlflow
 from ppo1.utils.cli import one_line
 from ppo1.utils.paths import project_root
 

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import TrackingConfig
+from ppo1.tracking.ops import Op, Row, apply, create_run, process_tags
 from ppo1.tracking.store import (
     StoreFailedError,
     connect,
@@ -21,14 +22,7 @@ from ppo1.tracking.store import (
     store_problem,
     tracking_uri,
 )
-from ppo1.tracking.writer import (
-    Op,
-    Row,
-    RunWriter,
-    apply,
-    create_run,
-    process_tags,
-)
+from ppo1.tracking.writer import RunWriter
 from ppo1.utils.cli import one_line
 from ppo1.utils.params import flatten
 from ppo1.utils.paths import git_commit, usable_cpus
