@@ -11,10 +11,10 @@ process would cost the trainer copy-on-write faults; this one shares no memory w
 Protocol, JSON lines: the trainer's first line names the run, `["create", experiment,
 run_name, tags, start_ms]` or `["attach", run_id]`; then one line an operation,
 `[number, *op]`; and `end` last. The writer replies `["ready", run_id, run_name]` once it has
-the run, then `[number]` once an operation is done. What it has not done when the trainer closes it, the
-trainer does itself: every operation may be repeated (a SQL store drops metric rows it
-already holds; params, tags, artifacts and the status are the same when written twice), so
-nothing depends on this process.
+the run, then `[number]` once an operation is done. What it has not done when the trainer
+closes it, the trainer does itself: every operation may be repeated (a SQL store drops metric
+rows it already holds; params, tags, artifacts and the status are the same when written
+twice), so nothing depends on this process.
 """
 
 from __future__ import annotations
