@@ -503,6 +503,8 @@ NOT_LEARNING = (
     "checkpoint_every",
     "checkpoint_dir",
     "resume",
+    # Both backends take the same update to float precision (tests/test_backends.py).
+    "algo.backend",
 )
 
 
