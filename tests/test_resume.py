@@ -24,14 +24,21 @@ from ppo1.tracked import train
 from ppo1.tracking.ops import DIED, PID_START_TAG, PID_TAG
 from ppo1.tracking.resume import CHECKPOINT_TAG, prepare_resume
 from ppo1.tracking.tracker import Tracker
-from ppo1.utils.paths import usable_cpus
 
-from .conftest import TINY, run_python, wait_until
-from .test_run_writer import READY_TIMEOUT_S, writer_pids
+from .conftest import TINY, wait_until
+from .test_run_writer import READY_TIMEOUT_S, killed_tracker, two_cpus, writer_pids
 
 Compose = Callable[[list[str]], TrainConfig]
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
+
+
+def new_store(folder: Path) -> tuple[str, MlflowClient]:
+    """A SQLite store in `folder`, created before any trainer opens it."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.search_experiments()
+    return uri, client
 
 
 def start_train(*overrides: str) -> subprocess.Popen[str]:
@@ -131,11 +138,9 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_run(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(usable_cpus() < 2, reason="the writer process runs with 2+ CPUs")
+@two_cpus
 def test_kill_9_of_trainer_and_writer_then_resume_by_run_id(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    client.search_experiments()
+    uri, client = new_store(tmp_path)
     total = 256 * 200
     proc = start_train(
         f"total_timesteps={total}",
@@ -172,18 +177,7 @@ def test_kill_9_of_trainer_and_writer_then_resume_by_run_id(tmp_path: Path) -> N
 def test_the_next_tracker_ends_a_run_whose_processes_died(mlflow_uri: str) -> None:
     """A run whose trainer died with no writer left to end it is ended FAILED by the next
     client that creates a run in the experiment; a live run on this host is left alone."""
-    script = (
-        "import os, signal\n"
-        "from ppo1.config import TrackingConfig\n"
-        "from ppo1.tracking.tracker import Tracker\n"
-        f"cfg = TrackingConfig(uri={mlflow_uri!r}, writer_process=False)\n"
-        "tracker = Tracker(cfg, {}).__enter__()\n"
-        "print(tracker.run_id, flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    done = run_python(script, timeout=READY_TIMEOUT_S)
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    dead = done.stdout.strip()
+    dead = killed_tracker(mlflow_uri, writer_process=False, metric=False)
     client = MlflowClient(mlflow_uri)
     assert client.get_run(dead).info.status == "RUNNING"
     cfg = TrackingConfig(uri=mlflow_uri, writer_process=False)
@@ -225,12 +219,10 @@ def test_an_untracked_run_resumes_from_its_checkpoint_path(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(usable_cpus() < 2, reason="the writer process runs with 2+ CPUs")
+@two_cpus
 def test_a_killed_and_resumed_run_still_solves_cartpole(tmp_path: Path) -> None:
     """As tests/test_learning.py, with a kill -9 of the trainer and its writer mid-way."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    client.search_experiments()
+    uri, client = new_store(tmp_path)
     proc = start_train("total_timesteps=60000", f"tracking.uri={uri}", "tracking.figures=none")
     try:
         assert proc.stdout is not None

@@ -319,24 +319,29 @@ def test_what_a_dead_writer_left_undone_the_trainer_does(
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
 
 
-@two_cpus
-def test_a_trainer_killed_outright_leaves_its_run_failed(mlflow_uri: str) -> None:
-    """SIGKILL (the OOM killer, `kill -9`) gives the trainer no chance to end its run."""
+def killed_tracker(uri: str, *, writer_process: bool, metric: bool) -> str:
+    """The run of a process that opens a Tracker (and logs a=1.0 at step 1, stored or handed
+    to its writer), then SIGKILLs itself, as the OOM killer or `kill -9` would."""
     script = (
         "import os, signal\n"
-        "import ppo1.tracking.tracker\n"
+        "import ppo1.tracking.tracker as tracking\n"
         "from ppo1.config import TrackingConfig\n"
-        "ppo1.tracking.tracker._FLUSH_EVERY_S = 0.0\n"
-        f"tracker = ppo1.tracking.tracker.Tracker(TrackingConfig(uri={mlflow_uri!r}), {{}})\n"
-        "tracker.__enter__()\n"
-        "tracker.log_metrics({'a': 1.0}, 1)\n"
-        "tracker.flush()\n"
-        "print(tracker.wait_for_run()[0], flush=True)\n"
+        "tracking._FLUSH_EVERY_S = 0.0\n"
+        f"cfg = TrackingConfig(uri={uri!r}, writer_process={writer_process})\n"
+        "tracker = tracking.Tracker(cfg, {}).__enter__()\n"
+        + ("tracker.log_metrics({'a': 1.0}, 1)\ntracker.flush()\n" if metric else "")
+        + "print(tracker.wait_for_run()[0], flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     done = run_python(script, timeout=READY_TIMEOUT_S)
     assert done.returncode == -signal.SIGKILL, done.stderr
-    run_id = done.stdout.strip()
+    return done.stdout.strip()
+
+
+@two_cpus
+def test_a_trainer_killed_outright_leaves_its_run_failed(mlflow_uri: str) -> None:
+    """SIGKILL (the OOM killer, `kill -9`) gives the trainer no chance to end its run."""
+    run_id = killed_tracker(mlflow_uri, writer_process=True, metric=True)
     client = MlflowClient(mlflow_uri)
     wait_until(lambda: client.get_run(run_id).info.status == "FAILED", READY_TIMEOUT_S)
     assert client.get_run(run_id).data.tags["ppo1.error"] == ORPHANED
