@@ -30,6 +30,8 @@ from ppo1.core.networks import ActorCritic
 from ppo1.core.rollout import RolloutCollector
 from ppo1.core.update import Batch, UpdateStats
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # The notebook's run configuration, as it states it (FAST_RUN).
 SEED, ROLLOUT_STEPS, UPDATE_EPOCHS, MINIBATCH_SIZE = 7, 512, 4, 128
 GAMMA, GAE_LAMBDA, CLIP_EPS, LEARNING_RATE, ADAM_EPS = 0.99, 0.95, 0.2, 3e-4, 1e-5
