@@ -165,6 +165,9 @@ class AlgoConfig:
     minibatch_per_env: bool = False
     lr: float = 1e-3
     adam_eps: float = 1e-5
+    # Add adam_eps to the uncorrected sqrt(v_t), as OpenAI baselines' MpiAdam (SB PPO1) does:
+    # Kingma & Ba's step with eps / sqrt(1 - beta2^t), 31.6 eps at t = 1 (update.adam_eps).
+    adam_eps_uncorrected: bool = False
     adv_norm: AdvNorm = AdvNorm.minibatch
     # Added to the std (SB3 and the seed notebook: 1e-8; SB PPO1: none, 0).
     adv_norm_eps: float = 1e-8

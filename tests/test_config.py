@@ -71,7 +71,7 @@ def test_sb_ppo1_has_the_stable_baselines_defaults(compose_cfg: Compose) -> None
     assert a.clip_vf is None and a.max_grad_norm is None and a.target_kl is None
     assert a.adv_norm.value == "per_env" and a.adv_norm_eps == 0.0 and a.minibatch_per_env
     assert a.drop_last and not a.bootstrap_truncation
-    assert (a.net.pi_gain, a.net.v_gain) == (0.01, 1.0)
+    assert (a.net.pi_gain, a.net.v_gain) == (0.01, 1.0) and a.adam_eps_uncorrected
     assert not a.net.shared and a.net.hidden == [64, 64] and a.net.activation.value == "tanh"
     assert cfg.env.num_envs == 1
 

@@ -3,7 +3,8 @@
 In `pposgd_simple.py` each worker standardises the advantages of its own segment (numpy's
 population std, no epsilon) and walks its own shuffled Dataset in minibatches of 64; MpiAdam
 sums the workers' gradients and divides by N before each Adam step. Both are checked here
-against computations by hand, through the composed preset and both backends.
+against computations by hand, through the composed preset and both backends, as is MpiAdam's
+epsilon, added to the uncorrected sqrt(v).
 """
 
 from __future__ import annotations
@@ -103,13 +104,33 @@ def test_each_workers_advantages_are_standardised_before_training(
     assert not torch.allclose(unnormalised.pi_head.weight, trained.pi_head.weight, rtol=1e-3)
 
 
+class MpiAdam:
+    """OpenAI baselines' MpiAdam step on the workers' mean gradient: epsilon added to the
+    uncorrected sqrt(v), the bias corrections folded into the step size."""
+
+    def __init__(self, params: list[Tensor], lr: float, eps: float) -> None:
+        self.params, self.lr, self.eps, self.t = params, lr, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor]) -> None:
+        beta1, beta2 = 0.9, 0.999
+        self.t += 1
+        a = self.lr * (1 - beta2**self.t) ** 0.5 / (1 - beta1**self.t)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m.mul_(beta1).add_((1 - beta1) * g)
+            v.mul_(beta2).add_((1 - beta2) * g * g)
+            p.sub_(a * m / (v.sqrt() + self.eps))
+
+
 def workers_update(agent: ActorCritic, batch: Batch, algo: AlgoConfig) -> ActorCritic:
     """SB PPO1's N workers by hand: each standardises its own segment, shuffles it each epoch
-    and takes its next 64 samples; the step applies the mean of the workers' gradients (of
-    pol_surr + pol_entpen + vf_loss, each a mean over the worker's 64) through Adam."""
+    and takes its next 64 samples; MpiAdam steps on the mean of the workers' gradients (of
+    pol_surr + pol_entpen + vf_loss, each a mean over the worker's 64)."""
     agent = copy.deepcopy(agent)
     params = list(agent.parameters())
-    optimizer = torch.optim.Adam(params, lr=algo.lr, eps=algo.adam_eps)
+    optimizer = MpiAdam(params, algo.lr, algo.adam_eps)
     n_envs, size = batch.num_envs, algo.minibatch_size
 
     def segment(x: Tensor, e: int) -> Tensor:  # worker e's own data, in time order
@@ -136,9 +157,8 @@ def workers_update(agent: ActorCritic, batch: Batch, algo: AlgoConfig) -> ActorC
                 pol_entpen = -algo.ent_coef * (-(log_pi.exp() * log_pi).sum(-1)).mean()
                 vf_loss = (values - segment(batch.returns, e)[idx]).square().mean()
                 grads.append(torch.autograd.grad(pol_surr + pol_entpen + vf_loss, params))
-            for p, *worker_grads in zip(params, *grads, strict=True):
-                p.grad = torch.stack(worker_grads).mean(0)  # MpiAdam: allreduce sum / N
-            optimizer.step()
+            # MpiAdam: allreduce sum / N
+            optimizer.step([torch.stack(g).mean(0) for g in zip(*grads, strict=True)])
     return agent
 
 
@@ -154,3 +174,6 @@ def test_n_envs_take_the_steps_of_n_mpi_workers(compose_cfg: Compose, backend: s
     # 4 epochs of 256 / 64 = 4 steps, each over 64 samples of every worker: 16, not 48.
     assert steps == algo.epochs * algo.n_steps // algo.minibatch_size == 16
     assert_same_weights(trained, workers_update(agent, batch, algo))
+    # Kingma & Ba's epsilon placement (torch's) would have stepped otherwise.
+    kingma_ba, _ = update(agent, batch, replace(algo, adam_eps_uncorrected=False))
+    assert not torch.allclose(kingma_ba.pi_head.weight, trained.pi_head.weight, rtol=1e-6)

@@ -50,6 +50,15 @@ def normalize_advantages(
     return ((segments - segments.mean(0)) / (std + eps)).reshape(advantages.shape)
 
 
+def adam_eps(cfg: AlgoConfig, t: int, beta2: float) -> float:
+    """The epsilon of Kingma & Ba's Adam step t: `algo.adam_eps`, or with adam_eps_uncorrected
+    eps / sqrt(1 - beta2^t), which makes the step MpiAdam's (OpenAI baselines, SB PPO1),
+    lr sqrt(1 - beta2^t) / (1 - beta1^t) m_t / (sqrt(v_t) + eps)."""
+    if not cfg.adam_eps_uncorrected:
+        return cfg.adam_eps
+    return cfg.adam_eps / math.sqrt(1.0 - beta2**t)
+
+
 @dataclass
 class Batch:
     """A rollout flattened to [T * N, ...] with its advantages and lambda-returns: sample
@@ -283,4 +292,12 @@ def autograd_update(
     def clip_grad_norm(max_norm: float) -> float:
         return torch.nn.utils.clip_grad_norm_(agent.parameters(), max_norm).item()
 
-    return run_update(agent, batch, cfg, clip, gradient, clip_grad_norm, optimizer.step)
+    def optimizer_step() -> None:
+        if cfg.adam_eps_uncorrected:
+            state = optimizer.state[next(agent.parameters())]
+            t = int(state["step"]) + 1 if "step" in state else 1
+            for group in optimizer.param_groups:
+                group["eps"] = adam_eps(cfg, t, group["betas"][1])
+        optimizer.step()
+
+    return run_update(agent, batch, cfg, clip, gradient, clip_grad_norm, optimizer_step)
