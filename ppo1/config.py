@@ -166,7 +166,7 @@ class AlgoConfig:
     lr: float = 1e-3
     adam_eps: float = 1e-5
     # Add adam_eps to the uncorrected sqrt(v_t), as OpenAI baselines' MpiAdam (SB PPO1) does:
-    # Kingma & Ba's step with eps / sqrt(1 - beta2^t), 31.6 eps at t = 1 (update.adam_eps).
+    # Kingma & Ba's step with eps / sqrt(1 - beta2^t), 31.6 eps at t = 1 (update.adam_eps_at).
     adam_eps_uncorrected: bool = False
     adv_norm: AdvNorm = AdvNorm.minibatch
     # Added to the std (SB3 and the seed notebook: 1e-8; SB PPO1: none, 0).

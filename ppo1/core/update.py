@@ -50,7 +50,7 @@ def normalize_advantages(
     return ((segments - segments.mean(0)) / (std + eps)).reshape(advantages.shape)
 
 
-def adam_eps(cfg: AlgoConfig, t: int, beta2: float) -> float:
+def adam_eps_at(cfg: AlgoConfig, t: int, beta2: float) -> float:
     """The epsilon of Kingma & Ba's Adam step t: `algo.adam_eps`, or with adam_eps_uncorrected
     eps / sqrt(1 - beta2^t), which makes the step MpiAdam's (OpenAI baselines, SB PPO1),
     lr sqrt(1 - beta2^t) / (1 - beta1^t) m_t / (sqrt(v_t) + eps)."""
@@ -297,7 +297,7 @@ def autograd_update(
             state = optimizer.state[next(agent.parameters())]
             t = int(state["step"]) + 1 if "step" in state else 1
             for group in optimizer.param_groups:
-                group["eps"] = adam_eps(cfg, t, group["betas"][1])
+                group["eps"] = adam_eps_at(cfg, t, group["betas"][1])
         optimizer.step()
 
     return run_update(agent, batch, cfg, clip, gradient, clip_grad_norm, optimizer_step)

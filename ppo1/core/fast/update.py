@@ -15,7 +15,7 @@ from torch import Tensor
 from ppo1.config import AlgoConfig, ConfigError
 from ppo1.core.fast.optim import FlatAdam
 from ppo1.core.networks import ACTIVATION_BACKWARDS, ActorCritic
-from ppo1.core.update import Batch, Step, UpdateStats, adam_eps, run_update
+from ppo1.core.update import Batch, Step, UpdateStats, adam_eps_at, run_update
 
 
 def fast_backend_problems(cfg: AlgoConfig) -> list[tuple[bool, str]]:
@@ -96,7 +96,7 @@ def fast_update(
 
     def optimizer_step() -> None:
         if cfg.adam_eps_uncorrected:
-            optimizer.eps = adam_eps(cfg, optimizer.steps + 1, optimizer.betas[1])
+            optimizer.eps = adam_eps_at(cfg, optimizer.steps + 1, optimizer.betas[1])
         optimizer.step()
 
     with torch.no_grad():
