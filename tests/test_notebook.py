@@ -31,6 +31,7 @@ from ppo1.core.rollout import RolloutCollector
 from ppo1.core.update import Batch, UpdateStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+Compose = Callable[[list[str]], TrainConfig]
 
 # The notebook's run configuration, as it states it (FAST_RUN).
 SEED, ROLLOUT_STEPS, UPDATE_EPOCHS, MINIBATCH_SIZE = 7, 512, 4, 128
@@ -161,7 +162,7 @@ def seed_update(
 
 @dataclass
 class Ours:
-    before: SeedActorCritic  # our initial weights, in the notebook's network
+    seed_net: SeedActorCritic  # the notebook's network with our initial weights
     after: ActorCritic
     batch: Batch
     stats: UpdateStats
@@ -176,8 +177,8 @@ def our_update(cfg: TrainConfig) -> Ours:
     torch.manual_seed(cfg.seed)
     envs = make_vector_env(cfg.env, cfg.env.num_envs)
     agent = build_agent(cfg, envs)
-    before = SeedActorCritic(4, 2)
-    before.load_from(agent)
+    seed_net = SeedActorCritic(4, 2)
+    seed_net.load_from(agent)
     optimizer = make_optimizer(agent, cfg.algo)
     collector = RolloutCollector(
         envs, agent, cfg.algo.n_steps, cfg.algo.bootstrap_truncation, cfg.seed
@@ -191,7 +192,7 @@ def our_update(cfg: TrainConfig) -> Ours:
     perms = [torch.randperm(len(batch)) for _ in range(UPDATE_EPOCHS)]
     envs.close()
     flat = [x.flatten().clone() for x in (buf.rewards, buf.dones, buf.truncated)]
-    return Ours(before, agent, batch, stats, *flat, perms)
+    return Ours(seed_net, agent, batch, stats, *flat, perms)
 
 
 def weight_gap(ours: Ours, seed_net: SeedActorCritic) -> float:
@@ -205,7 +206,6 @@ def weight_gap(ours: Ours, seed_net: SeedActorCritic) -> float:
     return max(gaps)
 
 
-Compose = Callable[[list[str]], TrainConfig]
 NOTEBOOK = ["algo=notebook", f"env.max_episode_steps={LIMIT}", "tracking.enabled=false"]
 
 
@@ -218,11 +218,10 @@ def compare(compose_cfg: Compose, overrides: list[str]) -> tuple[Ours, float]:
     assert np.array_equal(data.obs, ours.batch.obs.numpy())
     assert np.array_equal(data.rewards, ours.rewards.numpy())
     assert np.array_equal(data.dones, ours.dones.numpy())
-    seed_net = ours.before
-    adv, ret = seed_update(seed_net, data, ours.perms)
+    adv, ret = seed_update(ours.seed_net, data, ours.perms)
     torch.testing.assert_close(ours.batch.returns, torch.from_numpy(ret), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.stats.advantages, torch.from_numpy(adv), rtol=1e-5, atol=1e-5)
-    return ours, weight_gap(ours, seed_net)
+    return ours, weight_gap(ours, ours.seed_net)
 
 
 @pytest.mark.parametrize("backend", ["fast", "autograd"])
