@@ -68,7 +68,20 @@ def sb3_kwargs(cfg: TrainConfig) -> tuple[dict[str, Any], list[str]]:
     differences = [
         message
         for differs, message in [
-            (algo.adv_norm is AdvNorm.batch, "SB3 normalises advantages per minibatch"),
+            (
+                algo.adv_norm in (AdvNorm.batch, AdvNorm.per_env),
+                "SB3 normalises advantages per minibatch",
+            ),
+            (algo.adv_norm_eps != 1e-8, "SB3 adds 1e-8 to the advantages' std"),
+            (
+                algo.minibatch_per_env and cfg.env.num_envs > 1,
+                "SB3 draws minibatches from the whole batch",
+            ),
+            (algo.adam_eps_uncorrected, "SB3's Adam adds eps to the bias-corrected sqrt(v)"),
+            (
+                (net.pi_gain, net.v_gain) != (0.01, 1.0),
+                "SB3 initialises the policy and value heads with gains 0.01 and 1",
+            ),
             (algo.drop_last, "SB3 keeps the last partial minibatch"),
             (not algo.bootstrap_truncation, "SB3 bootstraps time-limit truncations"),
             (cfg.env.max_episode_steps is not None, "SB3 uses the registered time limit"),

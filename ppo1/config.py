@@ -41,9 +41,13 @@ Vectorization = Enum("Vectorization", [("auto", "auto"), ("sync", "sync"), ("asy
 
 
 class AdvNorm(Enum):
-    """Advantage standardisation: per rollout batch (SB PPO1), per minibatch (SB3), or none."""
+    """Advantage standardisation, (A - mean) / (std + algo.adv_norm_eps), over what."""
 
+    # The whole rollout, population std (SB PPO1 with one worker; the seed notebook).
     batch = "batch"
+    # Each env's segment of the rollout on its own, population std (SB PPO1's MPI workers).
+    per_env = "per_env"
+    # Each minibatch, sample std (SB3, CleanRL).
     minibatch = "minibatch"
     none = "none"
 
@@ -113,8 +117,12 @@ class NetworkConfig:
     activation: Activation = Activation.tanh
     # Separate policy and value towers (SB PPO1's MlpPolicy) or one shared trunk.
     shared: bool = False
-    # Orthogonal init: sqrt(2) hidden, 0.01 policy head, 1.0 value head (Andrychowicz et al. 2021).
+    # Orthogonal init, zero biases: gain sqrt(2) hidden, pi_gain and v_gain the heads.
     ortho_init: bool = True
+    # 0.01 and 1.0 as OpenAI baselines, SB and SB3 (Andrychowicz et al. 2021 on the 0.01); the
+    # seed notebook gives the value head sqrt(2).
+    pi_gain: float = 0.01
+    v_gain: float = 1.0
     # Initial log std of the diagonal Gaussian policy (continuous actions only).
     log_std_init: float = 0.0
 
@@ -152,9 +160,18 @@ class AlgoConfig:
     minibatch_size: int = 256
     # Drop the last partial minibatch of an epoch (SB PPO1's Dataset does).
     drop_last: bool = False
+    # A minibatch takes minibatch_size samples from each env's segment, each segment shuffled
+    # on its own: SB PPO1's N MPI workers, whose 64-sample gradients MpiAdam averages into one
+    # step, take the step of one gradient over those 64 N samples (docs/sb_ppo1.md).
+    minibatch_per_env: bool = False
     lr: float = 1e-3
     adam_eps: float = 1e-5
+    # Add adam_eps to the uncorrected sqrt(v_t), as OpenAI baselines' MpiAdam (SB PPO1) does:
+    # Kingma & Ba's step with eps / sqrt(1 - beta2^t), 31.6 eps at t = 1 (update.adam_eps_at).
+    adam_eps_uncorrected: bool = False
     adv_norm: AdvNorm = AdvNorm.minibatch
+    # Added to the std (SB3 and the seed notebook: 1e-8; SB PPO1: none, 0).
+    adv_norm_eps: float = 1e-8
     # Stop the epochs of an update once approx KL exceeds 1.5 x target_kl (SB3 rule; null: never).
     target_kl: float | None = None
     # On a time-limit truncation, bootstrap from V(final observation) (SB3 #633); off = terminal.
@@ -189,6 +206,10 @@ class AlgoConfig:
                 ),
                 (not self.lr > 0, f"algo.lr must be > 0, got {self.lr}"),
                 (not self.adam_eps > 0, f"algo.adam_eps must be > 0, got {self.adam_eps}"),
+                (
+                    self.adv_norm_eps < 0,
+                    f"algo.adv_norm_eps must be >= 0, got {self.adv_norm_eps}",
+                ),
                 (
                     self.target_kl is not None and not self.target_kl > 0,
                     f"algo.target_kl must be > 0 or null, got {self.target_kl}",
@@ -400,10 +421,15 @@ class TrainConfig:
                 # Gymnasium and NumPy seeding take only non-negative integers.
                 (self.seed < 0, f"seed must be >= 0, got {self.seed}"),
                 (
-                    self.algo.minibatch_size > self.batch_size,
+                    not self.algo.minibatch_per_env and self.algo.minibatch_size > self.batch_size,
                     f"algo.minibatch_size={self.algo.minibatch_size} is larger than the batch "
                     f"env.num_envs x algo.n_steps = {self.env.num_envs} x {self.algo.n_steps} "
                     f"= {self.batch_size}",
+                ),
+                (
+                    self.algo.minibatch_per_env and self.algo.minibatch_size > self.algo.n_steps,
+                    f"algo.minibatch_size={self.algo.minibatch_size} is larger than an env's "
+                    f"segment algo.n_steps={self.algo.n_steps} (algo.minibatch_per_env=true)",
                 ),
             ]
         )

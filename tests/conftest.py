@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from ppo1.config import CONF_DIR, TrainConfig, register_configs, to_train_config
@@ -34,6 +35,16 @@ def compose_cfg() -> Callable[[list[str]], TrainConfig]:
             return to_train_config(compose(config_name="train", overrides=overrides))
 
     return _compose
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread, as training runs (`torch_threads=1`): small tensor ops on a busy
+    2-core machine run many times slower on two threads that wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

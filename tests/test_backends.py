@@ -30,9 +30,10 @@ from ppo1.core.networks import ActorCritic
 from ppo1.core.update import Batch, UpdateStats
 from ppo1.tracked import train
 
-# A base small enough to run per field: 48 samples in minibatches of 20 (a partial last one).
+# A base small enough to run per field: 48 samples in minibatches of 20 (a partial last one),
+# from 2 envs of 24 (minibatch_per_env: 20 of each, then the last 4 of each).
 BASE = AlgoConfig(epochs=2, minibatch_size=20, net=NetworkConfig(hidden=[16, 8], log_std_init=-0.3))
-N_SAMPLES, OBS_DIM = 48, 5
+N_SAMPLES, N_ENVS, OBS_DIM = 48, 2, 5
 SPACES = {"discrete": gym.spaces.Discrete(3), "box": gym.spaces.Box(-1.0, 1.0, (2,))}
 # float64 end to end: the backends differ only in summation order, so this can be tight.
 RTOL, ATOL = 1e-9, 1e-12
@@ -99,6 +100,7 @@ def off_policy_batch(agent: ActorCritic) -> Batch:
         params,
         torch.randn_like(values),
         torch.randn_like(values),
+        N_ENVS,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -68,7 +69,9 @@ def test_sb_ppo1_has_the_stable_baselines_defaults(compose_cfg: Compose) -> None
     # per-batch advantage normalisation, partial minibatch dropped, time limits terminal.
     assert a.anneal_clip and a.vf_coef == 1.0
     assert a.clip_vf is None and a.max_grad_norm is None and a.target_kl is None
-    assert a.adv_norm.value == "batch" and a.drop_last and not a.bootstrap_truncation
+    assert a.adv_norm.value == "per_env" and a.adv_norm_eps == 0.0 and a.minibatch_per_env
+    assert a.drop_last and not a.bootstrap_truncation
+    assert (a.net.pi_gain, a.net.v_gain) == (0.01, 1.0) and a.adam_eps_uncorrected
     assert not a.net.shared and a.net.hidden == [64, 64] and a.net.activation.value == "tanh"
     assert cfg.env.num_envs == 1
 
@@ -79,6 +82,10 @@ def test_notebook_preset(compose_cfg: Compose) -> None:
     assert (cfg.env.num_envs, a.n_steps, a.epochs, a.minibatch_size, a.lr) == (1, 512, 4, 128, 3e-4)
     assert (a.clip, a.vf_coef, a.ent_coef, a.max_grad_norm, cfg.seed) == (0.2, 0.5, 0.0, 0.5, 7)
     assert cfg.num_updates == 40 and cfg.schedule.kind.value == "constant"
+    assert (a.adam_eps, a.adv_norm.value, a.adv_norm_eps) == (1e-5, "batch", 1e-8)
+    assert not a.bootstrap_truncation and not a.anneal_clip and not a.drop_last
+    assert a.net.shared and (a.net.pi_gain, a.net.v_gain) == (0.01, math.sqrt(2))
+    assert cfg.env.vectorization.name == "sync" and not cfg.env.normalize_obs
 
 
 @pytest.mark.parametrize(
@@ -89,6 +96,11 @@ def test_notebook_preset(compose_cfg: Compose) -> None:
         ("algo.lr=-1", "algo.lr must be > 0"),
         ("algo.epochs=0", "algo.epochs must be >= 1"),
         ("algo.minibatch_size=1000", "algo.minibatch_size=1000 is larger than the batch"),
+        (
+            "algo.minibatch_per_env=true",  # 256 of each env's 32 steps
+            "algo.minibatch_size=256 is larger than an env's segment algo.n_steps=32",
+        ),
+        ("algo.adv_norm_eps=-1e-8", "algo.adv_norm_eps must be >= 0"),
         ("env.id=CartPol-v1", "did you mean one of ['CartPole-v1'"),
         ("algo.gamma=1.5", "algo.gamma must be in (0, 1]"),
         ("env.num_envs=0", "env.num_envs must be >= 1"),
@@ -134,7 +146,7 @@ def test_sweep_and_free_form_dicts_are_in_the_schema(compose_cfg: Compose) -> No
     [
         ("algo.clip=abc", "could not be converted to Float"),
         ("algo.foo=1", "Key 'foo' not in 'AlgoConfig'"),
-        ("algo.adv_norm=bogus", "expected one of [batch, minibatch, none]"),
+        ("algo.adv_norm=bogus", "expected one of [batch, per_env, minibatch, none]"),
     ],
 )
 def test_bad_types_and_unknown_keys_fail_composition(

@@ -130,9 +130,20 @@ def test_explained_variance() -> None:
 def test_batch_normalisation_uses_population_std_without_epsilon() -> None:
     adv = torch.tensor([1.0, 3.0])
     # mean 2, population std 1 -> exactly [-1, 1]; the sample std would give +-0.7071
-    torch.testing.assert_close(normalize_advantages(adv, AdvNorm.batch), torch.tensor([-1.0, 1.0]))
+    batch = normalize_advantages(adv, AdvNorm.batch, eps=0.0)
+    torch.testing.assert_close(batch, torch.tensor([-1.0, 1.0]), rtol=0, atol=0)
     mb = normalize_advantages(adv, AdvNorm.minibatch)
     assert mb[1].item() == pytest.approx(1 / math.sqrt(2), rel=1e-6)
+
+
+def test_per_env_normalisation_standardises_each_segment_on_its_own() -> None:
+    # t-major, as Batch.from_rollout lays out 2 envs x 2 steps: env 0 saw [1, 3], env 1 [10, 30]
+    adv = torch.tensor([1.0, 10.0, 3.0, 30.0])
+    per_env = normalize_advantages(adv, AdvNorm.per_env, eps=0.0, num_envs=2)
+    torch.testing.assert_close(per_env, torch.tensor([-1.0, -1.0, 1.0, 1.0]), rtol=0, atol=0)
+    # eps is added to the std: [0, 2] has mean 1 and population std 1 -> +-1 / (1 + 1)
+    eps = normalize_advantages(torch.tensor([0.0, 2.0]), AdvNorm.batch, eps=1.0)
+    torch.testing.assert_close(eps, torch.tensor([-0.5, 0.5]), rtol=0, atol=0)
 
 
 def test_loss_composition_follows_the_coefficients() -> None:

@@ -110,7 +110,8 @@ class ObsNormalizer(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """pi(a|s) and V(s); separate towers by default, as SB PPO1's MlpPolicy has.
+    """pi(a|s) and V(s); separate towers by default, as SB PPO1's MlpPolicy has, or one shared
+    trunk under both heads (`algo.net.shared`, the seed notebook's network).
 
     The towers are `nn.Sequential`s (so parameters, initialisation and checkpoints read as
     usual), but the forward passes call `F.linear` on their weights directly: on a 2x64 MLP
@@ -148,9 +149,10 @@ class ActorCritic(nn.Module):
         self.v_head = nn.Linear(cfg.hidden[-1], 1)
         if cfg.ortho_init:
             ortho_init_(self.pi_body, math.sqrt(2))
-            ortho_init_(self.v_body, math.sqrt(2))
-            ortho_init_(self.pi_head, 0.01)
-            ortho_init_(self.v_head, 1.0)
+            if not cfg.shared:  # a shared trunk is initialised once
+                ortho_init_(self.v_body, math.sqrt(2))
+            ortho_init_(self.pi_head, cfg.pi_gain)
+            ortho_init_(self.v_head, cfg.v_gain)
         # Plain lists (not registered twice as submodules) for the functional forward.
         self.pi_layers, self.v_layers = linears(self.pi_body), linears(self.v_body)
 

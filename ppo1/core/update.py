@@ -33,16 +33,36 @@ def explained_variance(values: Tensor, returns: Tensor) -> float:
     return float("nan") if var_returns == 0 else float(1.0 - (returns - values).var() / var_returns)
 
 
-def normalize_advantages(advantages: Tensor, mode: AdvNorm) -> Tensor:
-    """Per-batch: population std, no epsilon (SB PPO1); per-minibatch: sample std + 1e-8 (SB3)."""
-    if mode is AdvNorm.batch:
-        return (advantages - advantages.mean()) / advantages.std(correction=0)
-    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+def normalize_advantages(
+    advantages: Tensor, mode: AdvNorm, eps: float = 1e-8, num_envs: int = 1
+) -> Tensor:
+    """(A - mean) / (std + eps): over the whole batch or each env's segment with the population
+    std (numpy's, as SB PPO1 and the seed notebook compute it), over a minibatch with the sample
+    std (torch's, as SB3). `per_env` takes a t-major batch of `num_envs` interleaved segments,
+    the layout of `Batch.from_rollout`."""
+    if mode is AdvNorm.none:
+        return advantages
+    if mode is AdvNorm.minibatch:
+        return (advantages - advantages.mean()) / (advantages.std() + eps)
+    # [T, N]: one column per env segment; `batch` is one segment.
+    segments = advantages.reshape(-1, num_envs if mode is AdvNorm.per_env else 1)
+    std = segments.std(0, correction=0)
+    return ((segments - segments.mean(0)) / (std + eps)).reshape(advantages.shape)
+
+
+def adam_eps_at(cfg: AlgoConfig, t: int, beta2: float) -> float:
+    """The epsilon of Kingma & Ba's Adam step t: `algo.adam_eps`, or with adam_eps_uncorrected
+    eps / sqrt(1 - beta2^t), which makes the step MpiAdam's (OpenAI baselines, SB PPO1),
+    lr sqrt(1 - beta2^t) / (1 - beta1^t) m_t / (sqrt(v_t) + eps)."""
+    if not cfg.adam_eps_uncorrected:
+        return cfg.adam_eps
+    return cfg.adam_eps / math.sqrt(1.0 - beta2**t)
 
 
 @dataclass
 class Batch:
-    """A rollout flattened to [T * N, ...] with its advantages and lambda-returns."""
+    """A rollout flattened to [T * N, ...] with its advantages and lambda-returns: sample
+    t * num_envs + e is env e's step t."""
 
     obs: Tensor
     actions: Tensor
@@ -51,6 +71,7 @@ class Batch:
     dist_params: Tensor
     advantages: Tensor
     returns: Tensor
+    num_envs: int = 1
 
     @classmethod
     def from_rollout(cls, buf: Rollout, advantages: Tensor, returns: Tensor) -> Batch:
@@ -65,14 +86,19 @@ class Batch:
             flat(buf.dist_params),
             flat(advantages),
             flat(returns),
+            buf.obs.shape[1],
         )
 
     def __len__(self) -> int:
         return self.obs.shape[0]
 
     def take(self, idx: Tensor) -> Batch:
-        """The samples at `idx` (a minibatch)."""
-        return Batch(*(getattr(self, f.name)[idx] for f in fields(self)))
+        """The samples at `idx` (a minibatch, one segment whatever envs it drew from)."""
+        return Batch(*(getattr(self, f.name)[idx] for f in fields(self) if f.name != "num_envs"))
+
+    def segments(self, cfg: AlgoConfig) -> int:
+        """How many segments minibatches are drawn from: one per env with minibatch_per_env."""
+        return self.num_envs if cfg.minibatch_per_env else 1
 
 
 @dataclass
@@ -134,13 +160,19 @@ def minibatches(batch: Batch, cfg: AlgoConfig) -> Iterator[Batch]:
     """One epoch of shuffled minibatches, advantages normalised per minibatch if configured.
 
     SB PPO1 drops the last partial minibatch (256 / 64 -> 4 steps an epoch); SB3 keeps it.
+    With `minibatch_per_env` each env's segment is shuffled on its own (one `randperm` per
+    env, in env order) and a minibatch takes the next `minibatch_size` samples of each, as
+    SB PPO1's MPI workers each take the next minibatch of their own Dataset.
     """
-    n, size = len(batch), cfg.minibatch_size
-    perm = torch.randperm(n)
+    envs, size = batch.segments(cfg), cfg.minibatch_size
+    n = len(batch) // envs
+    # order[e, i]: the flat index of env e's i-th sample this epoch (see Batch).
+    perms = torch.stack([torch.randperm(n) for _ in range(envs)])
+    order = perms * envs + torch.arange(envs).unsqueeze(1) if envs > 1 else perms
     for start in range(0, n - size + 1 if cfg.drop_last else n, size):
-        mb = batch.take(perm[start : start + size])
+        mb = batch.take(order[:, start : start + size].reshape(-1))
         if cfg.adv_norm is AdvNorm.minibatch and len(mb) > 1:
-            mb.advantages = normalize_advantages(mb.advantages, AdvNorm.minibatch)
+            mb.advantages = normalize_advantages(mb.advantages, AdvNorm.minibatch, cfg.adv_norm_eps)
         yield mb
 
 
@@ -165,13 +197,15 @@ def run_update(
 
     Raises NonFiniteLossError, before the step that would apply it, on a NaN/inf gradient.
     """
-    advantages = batch.advantages
-    if cfg.adv_norm is AdvNorm.batch:
-        advantages = normalize_advantages(advantages, AdvNorm.batch)
-    batch = replace(batch, advantages=advantages)
+    if cfg.adv_norm in (AdvNorm.batch, AdvNorm.per_env):
+        advantages = normalize_advantages(
+            batch.advantages, cfg.adv_norm, cfg.adv_norm_eps, batch.num_envs
+        )
+        batch = replace(batch, advantages=advantages)
     # A minibatch as large as the batch is the batch in every epoch: a full-batch gradient
     # does not depend on the order, so skip the shuffle and the gathers (the RL Zoo default).
-    whole = [next(minibatches(batch, cfg))] if cfg.minibatch_size >= len(batch) else None
+    is_whole = cfg.minibatch_size * batch.segments(cfg) >= len(batch)
+    whole = [next(minibatches(batch, cfg))] if is_whole else None
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     steps: list[Step] = []
     grad_norms: list[float] = []
@@ -258,4 +292,12 @@ def autograd_update(
     def clip_grad_norm(max_norm: float) -> float:
         return torch.nn.utils.clip_grad_norm_(agent.parameters(), max_norm).item()
 
-    return run_update(agent, batch, cfg, clip, gradient, clip_grad_norm, optimizer.step)
+    def optimizer_step() -> None:
+        if cfg.adam_eps_uncorrected:
+            state = optimizer.state[next(agent.parameters())]
+            t = int(state["step"]) + 1 if "step" in state else 1
+            for group in optimizer.param_groups:
+                group["eps"] = adam_eps_at(cfg, t, group["betas"][1])
+        optimizer.step()
+
+    return run_update(agent, batch, cfg, clip, gradient, clip_grad_norm, optimizer_step)

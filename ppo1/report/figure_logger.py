@@ -42,7 +42,9 @@ class FigureLogger(LoopObserver):
         # A_t minus its minibatch mean; the batch mean is the closest stand-in (exact when one
         # minibatch is the whole batch, as in algo=ppo_clip).
         if self.cfg.algo.adv_norm is AdvNorm.minibatch:
-            advantages = normalize_advantages(advantages, AdvNorm.minibatch)
+            advantages = normalize_advantages(
+                advantages, AdvNorm.minibatch, self.cfg.algo.adv_norm_eps
+            )
         if self.snapshots:  # only the latest snapshot keeps its (r, A) sample
             self.snapshots[-1].ratio, self.snapshots[-1].advantages = [], []
         self.snapshots.append(
