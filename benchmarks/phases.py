@@ -25,6 +25,7 @@ from ppo1.config import (
 from ppo1.core.backends import ppo_update
 from ppo1.core.checkpoint import build_agent
 from ppo1.core.envs import make_vector_env
+from ppo1.core.fast.inference import FusedActorCritic
 from ppo1.core.loop import next_batch, training_parts
 from ppo1.tracked import train
 from ppo1.utils.paths import project_root
@@ -37,7 +38,7 @@ def env_sps(cfg: TrainConfig, seed: int, steps: int, forward: bool) -> float:
     actions = [envs.action_space.sample() for _ in range(steps)]
     obs, _ = envs.reset(seed=seed)
     with torch.inference_mode():
-        policy = build_agent(cfg, envs).fused()
+        policy = FusedActorCritic(build_agent(cfg, envs))
         start = time.perf_counter()
         for action in actions:
             if forward:

@@ -55,7 +55,7 @@ class AdvNorm(Enum):
 class Activation(Enum):
     tanh = "tanh"
     relu = "relu"
-    # No hand-derived backward (networks.ACTIVATION_BACKWARDS): algo.backend=autograd only.
+    # No hand-derived backward (fast.backward.ACTIVATION_BACKWARDS): algo.backend=autograd only.
     elu = "elu"
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from ppo1.config import Activation, AlgoConfig, EnvConfig, NetworkConfig, TrainConfig
 from ppo1.core.checkpoint import build_agent, load_checkpoint, save_checkpoint
 from ppo1.core.envs import make_vector_env
+from ppo1.core.fast.inference import FusedActorCritic
 from ppo1.core.fast.optim import FlatAdam
 from ppo1.core.fast.update import fast_update, ppo_loss_grad
 from ppo1.core.losses import approx_kl, clip_active, ppo_loss
@@ -205,7 +206,7 @@ def test_forward_paths_match_module_calls(
     assert torch.equal(params, expected_params) and torch.equal(value, expected_value)
     assert torch.equal(agent.dist_params(obs), expected_params)
     assert torch.equal(agent.value(obs), expected_value)
-    fused_params, fused_value = agent.fused()(obs)
+    fused_params, fused_value = FusedActorCritic(agent)(obs)
     torch.testing.assert_close(fused_params, expected_params, **TOL)
     torch.testing.assert_close(fused_value, expected_value, **TOL)
 

@@ -25,9 +25,6 @@ class ActionDistribution(Protocol):
     def log_prob(self, params: Tensor, actions: Tensor) -> Tensor: ...
     def entropy(self, params: Tensor) -> Tensor: ...
     def kl(self, old: Tensor, new: Tensor) -> Tensor: ...
-    def grad(
-        self, params: Tensor, actions: Tensor, d_log_prob: Tensor, d_entropy: float
-    ) -> Tensor: ...
 
 
 class Categorical:
@@ -50,17 +47,6 @@ class Categorical:
     def kl(self, old: Tensor, new: Tensor) -> Tensor:
         """KL(p || q) = sum_a p(a) (log p(a) - log q(a))."""
         return (old.exp() * (old - new)).sum(-1)
-
-    def grad(self, params: Tensor, actions: Tensor, d_log_prob: Tensor, d_entropy: float) -> Tensor:
-        """dL/dparams for L = sum_i d_log_prob_i log pi(a_i|s_i) + d_entropy sum_i H_i.
-
-        d log pi(a) / d log pi(j) = [j = a];  dH / d log pi(j) = -pi(j) (1 + log pi(j)).
-        """
-        if d_entropy == 0.0:  # no entropy bonus (the default): skip its three ops
-            grad = torch.zeros_like(params)
-        else:
-            grad = params.exp().mul_(params + 1.0).mul_(-d_entropy)
-        return grad.scatter_add_(-1, actions.long().unsqueeze(-1), d_log_prob.unsqueeze(-1))
 
 
 class DiagGaussian:
@@ -89,15 +75,3 @@ class DiagGaussian:
         var_ratio = torch.exp(2.0 * (log_s0 - log_s1))
         mean_term = (m0 - m1).square() * torch.exp(-2.0 * log_s1)
         return (log_s1 - log_s0 + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1)
-
-    def grad(self, params: Tensor, actions: Tensor, d_log_prob: Tensor, d_entropy: float) -> Tensor:
-        """dL/d[mean, log_std] for L = sum_i d_log_prob_i log pi(a_i|s_i) + d_entropy sum_i H_i.
-
-        With z = (a - mean) / std: d log pi / d mean = z / std, d log pi / d log_std = z^2 - 1,
-        dH / d log_std = 1.
-        """
-        mean, log_std = params.chunk(2, dim=-1)
-        inv_std = torch.exp(-log_std)
-        z = (actions - mean) * inv_std
-        d = d_log_prob.unsqueeze(-1)
-        return torch.cat([d * z * inv_std, (d * (z.square() - 1.0)).add_(d_entropy)], dim=-1)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
+from ppo1.core.fast.inference import FusedActorCritic
 from ppo1.core.networks import ActorCritic
 
 # Batched observations -> batched env actions.
@@ -18,7 +19,7 @@ Policy = Callable[[np.ndarray], np.ndarray]
 def evaluate(agent: ActorCritic, env: VectorEnv, episodes: int, seed: int) -> np.ndarray:
     """Returns of `episodes` episodes of the greedy policy (argmax, or the Gaussian mean)."""
     with torch.inference_mode():
-        policy = agent.fused()
+        policy = FusedActorCritic(agent)
 
         def act(obs: np.ndarray) -> np.ndarray:
             params, _ = policy(torch.as_tensor(obs, dtype=torch.float32))

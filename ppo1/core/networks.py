@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
@@ -26,24 +25,6 @@ _ACTIVATION_FNS: dict[Activation, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _tanh_backward(grad: Tensor, out: Tensor) -> Tensor:
-    """dL/dx from dL/dy where y = tanh(x): grad (1 - y^2), from the saved output."""
-    return torch.addcmul(grad, grad * out, out, value=-1.0)
-
-
-def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
-    """dL/dx from dL/dy where y = relu(x): grad where y > 0 (torch's rule, 0 at x = 0)."""
-    return grad * (out > 0)
-
-
-# Each activation's derivative is written in terms of its output, which the tape keeps. An
-# activation missing here trains only with algo.backend=autograd (fast_backend_problems).
-ACTIVATION_BACKWARDS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
-    Activation.tanh: _tanh_backward,
-    Activation.relu: _relu_backward,
-}
-
-
 def mlp(in_dim: int, hidden: list[int], activation: Activation) -> nn.Sequential:
     layers: list[nn.Module] = []
     for size in hidden:
@@ -62,15 +43,6 @@ def ortho_init_(module: nn.Module, gain: float) -> None:
 
 def linears(body: nn.Module) -> list[nn.Linear]:
     return [layer for layer in body.modules() if isinstance(layer, nn.Linear)]
-
-
-@dataclass
-class Tape:
-    """What the analytic backward needs from a forward: [obs, h_1, ..., h_L] of each tower."""
-
-    pi: list[Tensor]
-    v: list[Tensor]
-    params: Tensor
 
 
 class ObsNormalizer(nn.Module):
@@ -115,10 +87,9 @@ class ActorCritic(nn.Module):
 
     The towers are `nn.Sequential`s (so parameters, initialisation and checkpoints read as
     usual), but the forward passes call `F.linear` on their weights directly: on a 2x64 MLP
-    the `Module.__call__` machinery costs as much as the arithmetic. For the same reason the
-    fast backend's update does not use autograd: `forward_tape` keeps each layer's output and
-    `backward` applies the chain rule by hand, writing every parameter's `.grad` in place.
-    The forward is differentiable as well, which `algo.backend=autograd` trains through.
+    the `Module.__call__` machinery costs as much as the arithmetic. `algo.backend=autograd`
+    trains through this forward; the fast backend's hand-derived backward and the fused
+    inference MLP are in ppo1/core/fast/.
     """
 
     def __init__(
@@ -186,98 +157,9 @@ class ActorCritic(nn.Module):
         return F.linear(hidden, self.v_head.weight, self.v_head.bias).squeeze(-1)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        params, value, _ = self.forward_tape(obs)
-        return params, value
-
-    def forward_tape(self, obs: Tensor) -> tuple[Tensor, Tensor, Tape]:
-        """(dist params, V) and the tape `backward` needs (under `torch.no_grad` for that)."""
+        """(flat parameters of pi(.|s), V(s))."""
         obs = self.normalize(obs)
-        pi = self.activations(obs, self.pi_layers)
-        v = pi if self.shared else self.activations(obs, self.v_layers)
-        params = self.head_params(F.linear(pi[-1], self.pi_head.weight, self.pi_head.bias))
-        value = F.linear(v[-1], self.v_head.weight, self.v_head.bias).squeeze(-1)
-        return params, value, Tape(pi, v, params)
-
-    def backward(self, tape: Tape, d_params: Tensor, d_value: Tensor) -> None:
-        """Chain rule from dL/d(dist params) and dL/dV to every `.grad`, overwriting it.
-
-        The same gradients autograd would give (tests/test_fast_path.py) without building a
-        graph: each weight gradient is one `mm` written straight into its `.grad` slot.
-        """
-        d_pi_out = self._head_backward(tape.params, d_params)
-        d_v_out = d_value.unsqueeze(-1)
-        write_linear_grads(self.pi_head, tape.pi[-1], d_pi_out)
-        write_linear_grads(self.v_head, tape.v[-1], d_v_out)
-        d_pi = d_pi_out @ self.pi_head.weight
-        d_v = d_v_out @ self.v_head.weight
-        if self.shared:
-            self._tower_backward(self.pi_layers, tape.pi, d_pi + d_v)
-        else:
-            self._tower_backward(self.pi_layers, tape.pi, d_pi)
-            self._tower_backward(self.v_layers, tape.v, d_v)
-
-    def _head_backward(self, params: Tensor, d_params: Tensor) -> Tensor:
-        """dL/d(policy head output): back through log_softmax, or split off log_std's share."""
-        if self.log_std is None:
-            return d_params - params.exp() * d_params.sum(-1, keepdim=True)
-        d_mean, d_log_std = d_params.chunk(2, dim=-1)
-        assert self.log_std.grad is not None
-        torch.sum(d_log_std, 0, out=self.log_std.grad)
-        return d_mean
-
-    def _tower_backward(self, layers: list[nn.Linear], outputs: list[Tensor], d_h: Tensor) -> None:
-        activation_backward = ACTIVATION_BACKWARDS[self.activation_kind]
-        for i in range(len(layers) - 1, -1, -1):
-            d_pre = activation_backward(d_h, outputs[i + 1])
-            write_linear_grads(layers[i], outputs[i], d_pre)
-            if i > 0:  # the observations need no gradient
-                d_h = d_pre @ layers[i].weight
-
-    def fused(self) -> FusedActorCritic:
-        """A frozen single-MLP copy of the current weights, for acting (see FusedActorCritic)."""
-        return FusedActorCritic(self)
-
-
-def write_linear_grads(layer: nn.Linear, x: Tensor, d_out: Tensor) -> None:
-    """dL/dW = d_out^T x and dL/db = sum_i d_out_i for y = x W^T + b, into the `.grad`s."""
-    assert layer.weight.grad is not None and layer.bias.grad is not None
-    torch.mm(d_out.T, x, out=layer.weight.grad)
-    torch.sum(d_out, 0, out=layer.bias.grad)
-
-
-class FusedActorCritic:
-    """Both towers of an ActorCritic as one MLP, for inference: the same function, fewer calls.
-
-    Separate towers become one MLP whose first layer stacks both towers' weights and whose
-    later layers (and the two heads) are block-diagonal, so a forward is L + 1 `addmm`s instead
-    of 2 (L + 1); the output is [policy head | value]. The extra terms are exact zeros, so
-    the result equals ActorCritic.forward up to float summation order. It is a snapshot of the
-    weights: build a new one after every update.
-    """
-
-    def __init__(self, agent: ActorCritic) -> None:
-        self.agent = agent
-        pairs = list(zip(agent.pi_layers, agent.v_layers, strict=True))
-        pairs.append((agent.pi_head, agent.v_head))
-        self.layers: list[tuple[Tensor, Tensor]] = []
-        with torch.no_grad():
-            for i, (pi, v) in enumerate(pairs):
-                is_head = i == len(pairs) - 1
-                if agent.shared and not is_head:
-                    weight = pi.weight
-                elif agent.shared or i == 0:
-                    weight = torch.cat([pi.weight, v.weight])
-                else:
-                    weight = torch.block_diag(pi.weight, v.weight)  # type: ignore[no-untyped-call]
-                bias = pi.bias if agent.shared and not is_head else torch.cat([pi.bias, v.bias])
-                # Stored as [in, out] so each layer is one addmm(bias, x, weight).
-                self.layers.append((weight.T.contiguous(), bias.detach().clone()))
-
-    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """(dist params, value) of a [B, obs_dim] batch, as ActorCritic.forward returns them."""
-        x = self.agent.normalize(obs)
-        for weight, bias in self.layers[:-1]:
-            x = self.agent.activation(torch.addmm(bias, x, weight))
-        weight, bias = self.layers[-1]
-        out = torch.addmm(bias, x, weight)
-        return self.agent.head_params(out[:, :-1]), out[:, -1]
+        pi = self.tower(obs, self.pi_layers)
+        v = pi if self.shared else self.tower(obs, self.v_layers)
+        params = self.head_params(F.linear(pi, self.pi_head.weight, self.pi_head.bias))
+        return params, F.linear(v, self.v_head.weight, self.v_head.bias).squeeze(-1)

@@ -10,7 +10,8 @@ import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
 
-from ppo1.core.networks import ActorCritic, FusedActorCritic
+from ppo1.core.fast.inference import FusedActorCritic
+from ppo1.core.networks import ActorCritic
 
 
 def gae(
@@ -129,7 +130,7 @@ class RolloutCollector:
         buf.truncated_np[:] = False
         # Inference mode: no autograd bookkeeping; weights fused once per rollout.
         with torch.inference_mode():
-            policy = self.agent.fused()
+            policy = FusedActorCritic(self.agent)
             for t in range(n_steps):
                 params, value = policy(buf.obs[t])
                 action = dist.sample(params)

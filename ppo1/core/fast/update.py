@@ -1,7 +1,7 @@
 """`algo.backend=fast`: the update of ppo1/core/update.py with hand-derived gradients.
 
 On a 2x64 MLP autograd's bookkeeping costs more than the arithmetic, so this backend writes
-d(-L)/d log pi and d(-L)/dV of `losses.ppo_loss` by hand, then `ActorCritic.backward`, under
+d(-L)/d log pi and d(-L)/dV of `losses.ppo_loss` by hand, then the chain rule of backward.py, under
 `torch.no_grad()`. It implements the loss and network options `fast_backend_problems` does not
 refuse; tests/test_backends.py checks, field by field of the schema, that it gives the same
 update as `algo.backend=autograd` or refuses the setting.
@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from ppo1.config import AlgoConfig, ConfigError
+from ppo1.core.fast.backward import ACTIVATION_BACKWARDS, backward, dist_grad, forward_tape
 from ppo1.core.fast.optim import FlatAdam
-from ppo1.core.networks import ACTIVATION_BACKWARDS, ActorCritic
+from ppo1.core.networks import ActorCritic
 from ppo1.core.update import Batch, Step, UpdateStats, adam_eps_at, run_update
 
 
@@ -69,15 +70,15 @@ def value_loss_grad(
 def ppo_loss_grad(agent: ActorCritic, mb: Batch, cfg: AlgoConfig, clip: float) -> Step:
     """The gradient of `losses.ppo_loss` (-L^{CLIP+VF+S}, eq. 9) of a minibatch, written into
     every `.grad`: d(-L)/d log pi and d(-L)/dV from the loss terms' derivatives, then
-    `ActorCritic.backward`. The loss itself is computed later (`update.step_losses`)."""
+    `backward` through the network. The loss itself is computed later (`update.step_losses`)."""
     dist = agent.dist
-    dist_params, values, tape = agent.forward_tape(mb.obs)
+    dist_params, values, tape = forward_tape(agent, mb.obs)
     log_ratio = dist.log_prob(dist_params, mb.actions) - mb.log_probs
     # d(-L)/d log pi = d(-L)/d log r; the entropy term of eq. (9) is -c2 mean_t H_t.
     d_log_prob = clipped_surrogate_grad(log_ratio.exp(), mb.advantages, clip)
-    d_params = dist.grad(dist_params, mb.actions, d_log_prob, -cfg.ent_coef / len(mb))
+    d_params = dist_grad(dist, dist_params, mb.actions, d_log_prob, -cfg.ent_coef / len(mb))
     d_value = value_loss_grad(values, mb.returns, mb.values, cfg.clip_vf, cfg.vf_coef)
-    agent.backward(tape, d_params, d_value)
+    backward(agent, tape, d_params, d_value)
     return Step(mb, dist_params, values, log_ratio)
 
 
