@@ -41,6 +41,7 @@ from ppo1.core.schedules import multiplier, progress
 from ppo1.core.update import Batch, NonFiniteLossError, UpdateStats
 from ppo1.report.figure_logger import FigureLogger, figures_hint
 from ppo1.sweep.trial import run_trial
+from ppo1.tracking.names import name_tag
 from ppo1.tracking.resume import (
     CHECKPOINT_TAG,
     POLICY_FILE,
@@ -54,10 +55,10 @@ from ppo1.tracking.tracker import (
     StoreFailedError,
     Tracker,
     _signal_handlers,
-    is_server,
     sigterm_as_interrupt,
     tracking_uri,
 )
+from ppo1.tracking.urls import ui_lines
 
 # Called after every update with (env steps so far, that update's metrics); may raise to stop.
 UpdateHook = Callable[[int, dict[str, float]], None]
@@ -72,6 +73,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     # The final policy, saved on this disk before any upload (None: no checkpoint folder).
     policy: Path | None = None
+    experiment_id: str | None = None  # the run's, for links into the MLflow UI
 
 
 def update_metrics(
@@ -409,6 +411,7 @@ def train(
         envs.close()
         eval_envs.close()
     result.run_id = tracker.run_id  # known once the run has ended, if the writer created it
+    result.experiment_id = tracker.experiment_id
     return result
 
 
@@ -418,14 +421,11 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
     ]
     if result.run_id is not None:
         uri = tracking_uri(cfg.tracking)
-        lines += [
-            f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})",
-            f"open it: {uri}"
-            # A server has its UI at its own address; `mlflow ui` opens stores, not servers.
-            if is_server(uri)
-            else f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
-            "--port 5000 --workers 1",
-        ]
+        lines.append(
+            f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})"
+        )
+        if result.experiment_id is not None:
+            lines += ui_lines(uri, result.experiment_id, result.run_id)
         lines += figures_hint(cfg, result.run_id)
     if result.policy is not None:
         lines.append(f"policy: {result.policy} (python -m ppo1.evaluate {result.policy})")
@@ -456,11 +456,13 @@ def main(dict_cfg: DictConfig) -> float:
         # A job of the sweep: pruned or failed trials go back to the sweeper as exceptions.
         return run_trial(cfg, train)
     command = shlex.join(["python", "-m", "ppo1.train", *sys.argv[1:]])
-    tags = {"ppo1.command": command, "mlflow.source.name": "ppo1.train"}
+    hydra_cfg = HydraConfig.get()
+    name = name_tag(cfg.tracking, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, cfg.seed)
+    tags = {"ppo1.command": command, "mlflow.source.name": "ppo1.train", **name}
     resume = None
     if cfg.resume is not None:
         try:
-            cfg, resume = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
+            cfg, resume = prepare_resume(cfg, list(hydra_cfg.overrides.task))
         except ConfigError as err:
             exit_with_error(str(err))
         tags = {"ppo1.resume_command": command}  # the run keeps the command that started it

@@ -9,16 +9,20 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from playwright.sync_api import Page
 
 from ppo1 import compare
 from ppo1.config import TrainConfig
-from ppo1.report.runs import get_run, load_run, resolve_runs
+from ppo1.report.compare import group_runs
+from ppo1.report.runs import load_run, resolve_runs
+from ppo1.tracking.urls import ui_address
 from ppo1.train import train
 from tests.browser import offline_page
-from tests.conftest import TINY, mlflow_serving, refused
+from tests.conftest import TINY, mlflow_serving, refused, run_module
 from tests.test_figure_logging import FIGURES
 
 pytestmark = pytest.mark.slow
+STORE = "sqlite:///mlflow.db"  # any local store: served where the printed command serves it
 PLOTS = ".js-plotly-plot svg.main-svg"
 # Plotly draws text as SVG, which has no innerText.
 TEXTS = "elements => elements.map(e => e.textContent)"
@@ -30,23 +34,23 @@ class Store:
     root: Path
     experiment_id: str
     run_ids: list[str]
+    summary: str  # what `python -m ppo1.train` printed for the first run
 
 
 @pytest.fixture(scope="module")
 def store(
     compose_cfg: Callable[[list[str]], TrainConfig], tmp_path_factory: pytest.TempPathFactory
 ) -> Store:
-    """Two real short runs that differ in algo.clip, in a throwaway MLflow store."""
+    """Two real short runs that differ in algo.clip, in a throwaway MLflow store: the first
+    by the command a user runs, the second in this process."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    run_ids = []
-    for clip in ("0.2", "0.1"):
-        cfg = compose_cfg([*TINY, f"tracking.uri={uri}", f"algo.clip={clip}"])
-        run_id = train(cfg).run_id
-        assert run_id is not None
-        run_ids.append(run_id)
-    experiment_id = get_run(MlflowClient(uri), run_ids[0]).info.experiment_id
-    return Store(uri, root, experiment_id, run_ids)
+    done = run_module("ppo1.train", *TINY[:-1], f"tracking.uri={uri}", "algo.clip=0.2")
+    assert done.returncode == 0, done.stderr
+    (first,) = MlflowClient(uri).search_runs(["1"])
+    second = train(compose_cfg([*TINY, f"tracking.uri={uri}", "algo.clip=0.1"])).run_id
+    assert second is not None
+    return Store(uri, root, "1", [first.info.run_id, second], done.stdout)
 
 
 def test_dashboard_renders_with_the_network_blocked(store: Store, tmp_path: Path) -> None:
@@ -79,11 +83,11 @@ def test_compare_page_has_both_runs_curves(
         offline.page.goto(out.as_uri())
         offline.page.locator(PLOTS).first.wait_for(timeout=60_000)
         legend = offline.page.locator("#curves .legendtext").evaluate_all(TEXTS)
-        assert sorted(legend) == ["algo.clip=0.1", "algo.clip=0.2"]
+        assert legend == ["A: clip=0.2", "B: clip=0.1"]
         # One line per run in each of the four panels (eval, episode return, KL, clip fraction).
         assert offline.page.locator("#curves .scatterlayer .trace").count() == 8
         table = offline.page.locator("#params .table .cell-text").evaluate_all(TEXTS)
-        assert {"param", "algo.clip", "0.1", "0.2"} <= set(table), table
+        assert {"param", "A (n=1)", "algo.clip", "0.1", "0.2", "runs"} <= set(table), table
         # ...and drawn inside the table's area, not clipped away below it.
         box = offline.page.locator("#params .table").bounding_box()
         cell = offline.page.locator("#params .cell-text", has_text="algo.clip").bounding_box()
@@ -96,7 +100,8 @@ def test_compare_page_has_both_runs_curves(
     client = MlflowClient(store.uri)
     runs = resolve_runs(client, ["ppo1"], "params.`algo.clip` = '0.1'")
     assert [r.info.run_id for r in runs] == [store.run_ids[1]]
-    assert set(compare.group_by_config([load_run(client, r) for r in runs])) == {"same config"}
+    groups = group_runs([load_run(client, r) for r in runs])
+    assert [g.name for g in groups] == ["A: same config"]
     with refused(capsys, "neither a run id nor an experiment"):
         resolve_runs(client, ["no-such-thing"], "")
 
@@ -123,3 +128,51 @@ def test_mlflow_ui_artifact_view_renders_the_dashboard(
         assert frame.locator(".js-plotly-plot").count() == len(FIGURES)
         offline.page.screenshot(path=tmp_path / "mlflow-ui.png")
     assert (tmp_path / "mlflow-ui.png").stat().st_size > 10_000
+
+
+def printed(summary: str, label: str, ui: str) -> str:
+    """The link the summary printed after `label:`, on the test's `mlflow ui` instead of :5000."""
+    (line,) = [line for line in summary.splitlines() if line.strip().startswith(f"{label}: ")]
+    link = line.split(": ", 1)[1]
+    assert link.startswith(f"{ui_address(STORE)}/#/experiments/"), link
+    return link.replace(ui_address(STORE), ui, 1)
+
+
+def body_text(page: Page) -> str:
+    return str(page.locator("body").inner_text())
+
+
+def test_printed_links_land_on_the_run_and_the_runs_table(store: Store, mlflow_ui: str) -> None:
+    """A fresh browser profile, whose localStorage would open the UI's GenAI view, follows the
+    links the closing summary printed: the run's page with its metrics and the dashboard in
+    its artifacts, then the runs table, both in the Model training view."""
+    run_name = "cartpole-ppo_clip-s1 total_timesteps=512 eval.episodes=2 eval.every=1 algo.clip=0.2"
+    assert f"open the MLflow UI: mlflow ui --backend-store-uri {store.uri}" in store.summary
+    with offline_page() as offline:
+        page = offline.page
+        page.goto(printed(store.summary, "this run", mlflow_ui))
+        page.get_by_role("link", name="eval/mean_return").wait_for(timeout=120_000)
+        page.get_by_role("heading", name=run_name).wait_for()
+        assert page.get_by_role("link", name="losses/kl").count() == 1
+        # The Model training sidebar and breadcrumb, not GenAI's ("Evaluation runs").
+        text = body_text(page)
+        assert "Model registry" in text and "Evaluation" not in text, text
+        # ...chosen by the link, not by a stored choice of the user's.
+        assert page.evaluate("() => localStorage.getItem('mlflow.workflowType')") is None
+
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text("figures", exact=True).first.click()
+        page.get_by_text("dashboard.html", exact=True).first.click()
+        frame = page.frame_locator("iframe")
+        frame.locator(f"#{FIGURES[-1]} svg.main-svg").first.wait_for(timeout=180_000)
+        assert frame.locator(".js-plotly-plot").count() == len(FIGURES)
+
+        page.goto(printed(store.summary, "all runs", mlflow_ui))
+        page.get_by_role("link", name=run_name).wait_for(timeout=120_000)
+        page.get_by_text("Run Name", exact=True).first.wait_for()
+        assert page.get_by_text("2 matching runs").count() == 1
+        text = body_text(page)
+        # Not the experiment's traces overview (Usage, Quality, "Detect Issues in Your Traces").
+        assert "Detect Issues" not in text and "Usage" not in text, text
+        assert "Model registry" in text
+    assert offline.blocked == []
