@@ -3,6 +3,7 @@ the compare page, and the dashboard inside a real `mlflow ui`'s artifact viewer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ppo1.train import train
 from tests.browser import offline_page
 from tests.conftest import TINY, mlflow_serving, refused, run_module
 from tests.test_figure_logging import FIGURES
+from tests.test_sweep import TEST_CONF
 
 pytestmark = pytest.mark.slow
 STORE = "sqlite:///mlflow.db"  # any local store: served where the printed command serves it
@@ -176,3 +178,73 @@ def test_printed_links_land_on_the_run_and_the_runs_table(store: Store, mlflow_u
         assert "Detect Issues" not in text and "Usage" not in text, text
         assert "Model registry" in text
     assert offline.blocked == []
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An experiment that has held a sweep: a tiny real one (4 trials x 2 seeds, over clip and
+    epochs: 8 training runs under 4 trial runs and a study run) beside one plain run."""
+    root = tmp_path_factory.mktemp("swept")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sweep = [
+        "-m",
+        "sweep=tiny",
+        f"hydra.searchpath=[file://{TEST_CONF}]",
+        f"sweep.storage={root / 'study.journal'}",
+        "sweep.seeds=2",
+        "algo.epochs=choice(1,2)",
+    ]
+    for args in (sweep, [*TINY]):
+        done = run_module("ppo1.train", *args, f"tracking.uri={uri}", timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return uri
+
+
+def plot_heights(page: Page, out: Path) -> list[float]:
+    """The heights of the compare page's four plot areas, in pixels."""
+    page.goto(out.as_uri())
+    page.locator(PLOTS).first.wait_for(timeout=60_000)
+    areas = page.locator("#curves .draglayer .nsewdrag")
+    assert areas.count() == 4
+    return [box["height"] for box in (areas.nth(i).bounding_box() for i in range(4)) if box]
+
+
+def test_compare_of_a_swept_experiment_stays_readable(
+    swept: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    few, many = tmp_path / "few.html", tmp_path / "many.html"
+    compare.main(["ppo1", "--out", str(few), "--tracking-uri", swept])
+    said = capsys.readouterr().out
+    assert "(1 runs;" in said and "left out 8 runs of sweeps' trials" in said
+    compare.main(["ppo1", "--include-sweeps", "--out", str(many), "--tracking-uri", swept])
+    assert "(9 runs;" in capsys.readouterr().out
+    compare.main(["ppo1", "--study", "tiny", "--log", "--tracking-uri", swept, "--out", str(many)])
+    said = capsys.readouterr().out
+    assert "(8 runs;" in said and "/artifacts/compare.html?workflowType=machine_learning" in said
+
+    with offline_page() as offline:
+        alone = plot_heights(offline.page, few)
+        heights = plot_heights(offline.page, many)
+        legend = offline.page.locator("#curves .legendtext").evaluate_all(TEXTS)
+        table = offline.page.locator("#params .table .cell-text").evaluate_all(TEXTS)
+        offline.page.screenshot(path=tmp_path / "swept.png", full_page=True)
+        assert offline.blocked == []
+    # Four trials of two seeds each: four groups, each a letter and its clip and epochs.
+    assert len(legend) == 4 and all(" (n=2)" in name for name in legend), legend
+    assert [name[:3] for name in legend] == ["A: ", "B: ", "C: ", "D: "]
+    assert all(re.fullmatch(r"[A-D]: clip=0\.\d+ epochs=[12] \(n=2\)", n) for n in legend), legend
+    assert {"algo.clip", "algo.epochs", "runs", "D (n=2)"} <= set(table), table
+    assert not any(cell.startswith("sweep") for cell in table), table
+    assert any(cell.startswith("tiny-t0-s1 (") for cell in table), table  # the runs' names
+    # The plot areas keep the height they have with a single run.
+    assert min(heights) > 200 and heights == pytest.approx(alone, abs=1)
+
+    # --log kept the page as an artifact of a run of its own, which no comparison takes in.
+    client = MlflowClient(swept)
+    (logged,) = client.search_runs(["1"], "tags.`ppo1.role` = 'compare'")
+    assert logged.info.run_name == "compare-8-runs" and logged.info.status == "FINISHED"
+    kept = Path(client.download_artifacts(logged.info.run_id, "compare.html", str(tmp_path)))
+    assert kept.read_text(encoding="utf-8") == many.read_text(encoding="utf-8")
+    assert len(resolve_runs(client, ["ppo1"], "", include_sweeps=True)) == 9
+    with refused(capsys, "no finished training runs of study 'other' in experiment 'ppo1'"):
+        resolve_runs(client, ["ppo1"], "", study="other")
