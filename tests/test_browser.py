@@ -148,7 +148,7 @@ def test_printed_links_land_on_the_run_and_the_runs_table(store: Store, mlflow_u
     """A fresh browser profile, whose localStorage would open the UI's GenAI view, follows the
     links the closing summary printed: the run's page with its metrics and the dashboard in
     its artifacts, then the runs table, both in the Model training view."""
-    run_name = "cartpole-ppo_clip-s1 total_timesteps=512 eval.episodes=2 eval.every=1 algo.clip=0.2"
+    run_name = "cartpole-ppo_clip-s1 total_timesteps=512 episodes=2 every=1 clip=0.2"
     assert f"open the MLflow UI: mlflow ui --backend-store-uri {store.uri}" in store.summary
     with offline_page() as offline:
         page = offline.page
@@ -160,7 +160,7 @@ def test_printed_links_land_on_the_run_and_the_runs_table(store: Store, mlflow_u
         text = body_text(page)
         assert "Model registry" in text and "Evaluation" not in text, text
         # ...chosen by the link, not by a stored choice of the user's.
-        assert page.evaluate("() => localStorage.getItem('mlflow.workflowType')") is None
+        assert page.evaluate("() => localStorage.getItem('mlflow.workflowType_v1')") is None
 
         page.get_by_role("tab", name="Artifacts").click()
         page.get_by_text("figures", exact=True).first.click()

@@ -6,16 +6,9 @@ import numpy as np
 
 from ppo1.config import SweepConfig, TrackingConfig
 from ppo1.report import plots
-from ppo1.report.compare import (
-    compare_figures,
-    group_runs,
-    letter,
-    params_table_figure,
-    short_keys,
-    short_value,
-)
+from ppo1.report.compare import compare_figures, group_runs, letter, params_table_figure
 from ppo1.report.runs import RunData
-from ppo1.tracking.names import name_tag, run_name, sweep_run_name
+from ppo1.tracking.names import name_tag, run_name, short_keys, short_value, sweep_run_name
 from ppo1.tracking.urls import run_url, runs_table_url, ui_lines
 
 
@@ -91,7 +84,11 @@ def test_short_keys_values_and_letters() -> None:
 def test_run_names() -> None:
     choices = {"env": "acrobot", "algo": "ppo_clip", "schedule": "linear", "sweep": None}
     overrides = ["env=acrobot", "algo.clip=0.1", "seed=3", "tracking.uri=x", "+algo.foo=1"]
-    assert run_name(choices, overrides, 3) == "acrobot-ppo_clip-s3 algo.clip=0.1 algo.foo=1"
+    assert run_name(choices, overrides, 3) == "acrobot-ppo_clip-s3 clip=0.1 foo=1"
+    both = ["env.num_envs=4", "eval.num_envs=2", "schedule=cosine"]
+    assert run_name(choices, both, 0) == (
+        "acrobot-ppo_clip-s0 env.num_envs=4 eval.num_envs=2 schedule=cosine"
+    )
     assert run_name(choices, [f"algo.lr={'1' * 200}"], 0).endswith("…")
     assert len(run_name(choices, [f"algo.lr={'1' * 200}"], 0)) == 120
     assert name_tag(TrackingConfig(), choices, [], 1) == {"mlflow.runName": "acrobot-ppo_clip-s1"}

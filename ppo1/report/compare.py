@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from ppo1.config import NOT_LEARNING
 from ppo1.report.plots import compare_figure
 from ppo1.report.runs import ROLE_TAG, RunData
+from ppo1.tracking.names import short_keys, short_value
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -50,32 +51,6 @@ def letter(index: int) -> str:
         index, rest = divmod(index - 1, 26)
         name = chr(ord("A") + rest) + name
     return name
-
-
-def short_keys(keys: Sequence[str]) -> dict[str, str]:
-    """Each dotted key by its shortest tail no other key ends with: `algo.clip` -> `clip`,
-    while `env.num_envs` and `eval.num_envs` stay whole."""
-    short = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            tail = ".".join(parts[-n:])
-            if sum(k == tail or k.endswith(f".{tail}") for k in keys) == 1:
-                break
-        short[key] = tail
-    return short
-
-
-def short_value(value: str) -> str:
-    """Numbers to 3 significant digits (`0.000316227766` -> `0.000316`); integers, words and
-    lists as logged."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    if number.is_integer() and "e" not in value.lower():
-        return value
-    return f"{number:.3g}"
 
 
 def _name(index: int, config: dict[str, str], short: dict[str, str]) -> str:

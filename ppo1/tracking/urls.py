@@ -1,7 +1,7 @@
 """Links into the MLflow UI that land on the page they name, and the command that serves it.
 
 MLflow 3.17's UI keeps its GenAI / Model training toggle in the browser's localStorage
-(`mlflow.workflowType`, GenAI until a user flips it) and ignores an experiment's kind tag:
+(`mlflow.workflowType_v1`, GenAI until a user flips it) and ignores an experiment's kind tag:
 opening experiment `ppo1` from the list lands on a traces overview. A link straight to a run
 (`#/experiments/ID/runs/RUN`) or to the runs table (`#/experiments/ID/runs`) skips that page,
 and `?workflowType=machine_learning` (which the UI reads before localStorage) shows the
