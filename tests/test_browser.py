@@ -14,8 +14,9 @@ from playwright.sync_api import Page
 
 from ppo1 import compare
 from ppo1.config import TrainConfig
-from ppo1.report.compare import group_runs
-from ppo1.report.runs import load_run, resolve_runs
+from ppo1.dashboard import html_page
+from ppo1.report.compare import compare_figures, group_runs
+from ppo1.report.runs import RunData, load_run, resolve_runs
 from ppo1.tracking.urls import ui_address
 from ppo1.train import train
 from tests.browser import offline_page
@@ -197,16 +198,22 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> str:
     for args in (sweep, [*TINY]):
         done = run_module("ppo1.train", *args, f"tracking.uri={uri}", timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
+        if args is sweep:  # the sweep ends with links to its study's run and to the runs table
+            assert "  the study: http://127.0.0.1:5000/#/experiments/1/runs/" in done.stdout
+            assert "  all runs: http://127.0.0.1:5000/#/experiments/1/runs?" in done.stdout
     return uri
 
 
 def plot_heights(page: Page, out: Path) -> list[float]:
-    """The heights of the compare page's four plot areas, in pixels."""
+    """The heights of the compare page's four plot areas, in pixels, once each is checked to
+    keep a usable width beside the legend."""
     page.goto(out.as_uri())
     page.locator(PLOTS).first.wait_for(timeout=60_000)
     areas = page.locator("#curves .draglayer .nsewdrag")
     assert areas.count() == 4
-    return [box["height"] for box in (areas.nth(i).bounding_box() for i in range(4)) if box]
+    boxes = [box for box in (areas.nth(i).bounding_box() for i in range(4)) if box]
+    assert len(boxes) == 4 and all(box["width"] > 300 for box in boxes), boxes
+    return [box["height"] for box in boxes]
 
 
 def test_compare_of_a_swept_experiment_stays_readable(
@@ -222,8 +229,19 @@ def test_compare_of_a_swept_experiment_stays_readable(
     said = capsys.readouterr().out
     assert "(8 runs;" in said and "/artifacts/compare.html?workflowType=machine_learning" in said
 
+    # However many groups: 40 configs of the real curves, 5 params apart, named by letters only.
+    client = MlflowClient(swept)
+    real = [load_run(client, r) for r in resolve_runs(client, ["ppo1"], "", study="tiny")]
+    crowd = [
+        RunData(f"r{i}", real[i % 8].curves, {f"algo.p{k}": str(i + k) for k in range(5)})
+        for i in range(40)
+    ]
+    crowded = tmp_path / "crowded.html"
+    crowded.write_text(html_page("40 groups", compare_figures(crowd)), encoding="utf-8")
+
     with offline_page() as offline:
         alone = plot_heights(offline.page, few)
+        assert plot_heights(offline.page, crowded) == pytest.approx(alone, abs=1)
         heights = plot_heights(offline.page, many)
         legend = offline.page.locator("#curves .legendtext").evaluate_all(TEXTS)
         table = offline.page.locator("#params .table .cell-text").evaluate_all(TEXTS)
@@ -240,7 +258,6 @@ def test_compare_of_a_swept_experiment_stays_readable(
     assert min(heights) > 200 and heights == pytest.approx(alone, abs=1)
 
     # --log kept the page as an artifact of a run of its own, which no comparison takes in.
-    client = MlflowClient(swept)
     (logged,) = client.search_runs(["1"], "tags.`ppo1.role` = 'compare'")
     assert logged.info.run_name == "compare-8-runs" and logged.info.status == "FINISHED"
     kept = Path(client.download_artifacts(logged.info.run_id, "compare.html", str(tmp_path)))
