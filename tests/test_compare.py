@@ -1,15 +1,20 @@
-"""Compare's groups and their names, worked by hand; the UI links and run names."""
+"""Compare's groups and their names, worked by hand; which runs an experiment stands for; the
+UI links and run names."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 from ppo1.config import SweepConfig, TrackingConfig
 from ppo1.report import plots
 from ppo1.report.compare import compare_figures, group_runs, letter, params_table_figure
-from ppo1.report.runs import RunData
+from ppo1.report.runs import RunData, resolve_runs
 from ppo1.tracking.names import name_tag, run_name, short_keys, short_value, sweep_run_name
 from ppo1.tracking.urls import run_url, runs_table_url, ui_lines
+from tests.conftest import refused
 
 
 def run(name: str, offset: float, **params: str) -> RunData:
@@ -113,3 +118,30 @@ def test_ui_links_for_a_store_and_a_server() -> None:
         f"  all runs: http://127.0.0.1:5000/#/experiments/3/runs{ml}",
     ]
     assert ui_lines(server, "3")[0] == "in the MLflow UI:"
+
+
+def test_an_experiment_leaves_sweep_runs_out_unless_asked(
+    mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real store holding only a sweep's runs: a study run, a trial run, two seed runs."""
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("ppo1")
+    study = {"ppo1.role": "study", "optuna.study_name": "s"}
+    parent = client.create_run(experiment, tags=study).info.run_id
+    trial_tags = {"ppo1.role": "trial", "optuna.study_name": "s", "mlflow.parentRunId": parent}
+    trial = client.create_run(experiment, tags=trial_tags).info.run_id
+    seeds = []
+    for _ in range(2):
+        seed_tags = {"ppo1.role": "seed", "mlflow.parentRunId": trial}
+        seeds.append(client.create_run(experiment, tags=seed_tags).info.run_id)
+        client.log_metric(seeds[-1], "losses/kl", 0.01, step=256)
+    for run_id in (parent, trial, *seeds):
+        client.set_terminated(run_id)
+
+    left_out: list[Run] = []
+    everything = resolve_runs(client, ["ppo1"], "", include_sweeps=True, left_out=left_out)
+    assert [r.info.run_id for r in everything] == seeds and left_out == []
+    assert [r.info.run_id for r in resolve_runs(client, ["ppo1"], "", study="s")] == seeds
+    message = "no finished training runs in experiment 'ppo1'; 2 sweep runs left out"
+    with refused(capsys, message):
+        resolve_runs(client, ["ppo1"], "")
