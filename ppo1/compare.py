@@ -1,47 +1,29 @@
 """`python -m ppo1.compare RUN_ID|EXPERIMENT ... [--filter F]`: several runs on one offline page.
 
 Runs that differ only by seed (or by tracking/printing options) form one group, drawn as
-mean +- std across its seeds; the page ends with a table of the params that differ.
+mean +- std across its seeds and named by a letter and what sets it apart; the page ends with
+a table keying the letters to the params that differ. Sweeps' runs are left out of an
+experiment unless asked for (`--include-sweeps`, `--study NAME`).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import shlex
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import plotly.graph_objects as go
-
-from ppo1.config import NOT_LEARNING
+from ppo1.report.compare import compare_figures, log_page
 from ppo1.report.pages import html_page, out_error
-from ppo1.report.plots import Curves, compare_figure, params_table_figure
-from ppo1.report.runs import RunData, add_store_argument, load_run, open_store, resolve_runs
+from ppo1.report.runs import add_store_argument, load_run, open_store, resolve_runs
+from ppo1.tracking.urls import runs_table_url, ui_lines
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 
-def config_of(params: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in params.items() if not k.startswith(NOT_LEARNING)}
-
-
-def group_by_config(runs: Sequence[RunData]) -> dict[str, list[Curves]]:
-    """Runs with equal configs (seed aside) in one group, labelled by what sets it apart."""
-    configs = [config_of(r.params) for r in runs]
-    keys = sorted({k for c in configs for k in c})
-    differing = [k for k in keys if len({c.get(k) for c in configs}) > 1]
-    groups: dict[str, list[Curves]] = {}
-    for run, config in zip(runs, configs, strict=True):
-        label = ", ".join(f"{k}={config.get(k)}" for k in differing) or "same config"
-        groups.setdefault(label, []).append(run.curves)
-    return groups
-
-
-def compare_figures(runs: Sequence[RunData]) -> dict[str, go.Figure]:
-    return {
-        "curves": compare_figure(group_by_config(runs)),
-        "params": params_table_figure({r.label: r.params for r in runs}),
-    }
-
-
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ppo1.compare",
         description="Compare MLflow runs (learning curves, KL, clip fraction, params) on one "
@@ -53,17 +35,55 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="MLflow search filter for the experiments' runs, e.g. \"params.`algo.clip` = '0.1'\"",
     )
+    sweeps = parser.add_mutually_exclusive_group()
+    sweeps.add_argument(
+        "--include-sweeps",
+        action="store_true",
+        help="also the training runs of sweeps' trials, which an experiment otherwise leaves out",
+    )
+    sweeps.add_argument("--study", help="only the training runs of this Optuna study's trials")
     parser.add_argument("--out", type=Path, default=Path("compare.html"))
+    parser.add_argument(
+        "--log",
+        action="store_true",
+        help="also keep the page in MLflow: a run of its own (tag ppo1.role=compare) in the "
+        "first run's experiment, with the page as its artifact compare.html",
+    )
     add_store_argument(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     client = open_store(args.tracking_uri)
-    runs = [load_run(client, run) for run in resolve_runs(client, args.targets, args.filter)]
+    left_out: list[Run] = []
+    chosen = resolve_runs(
+        client,
+        args.targets,
+        args.filter,
+        include_sweeps=args.include_sweeps,
+        study=args.study,
+        left_out=left_out,
+    )
+    runs = [load_run(client, run) for run in chosen]
     page = html_page(f"ppo1: {len(runs)} runs compared", compare_figures(runs))
     try:
         args.out.write_text(page, encoding="utf-8")
     except OSError as err:
         out_error(args.out, err)
     print(f"wrote {args.out} ({len(runs)} runs; opens offline in any browser)")
+    if left_out:
+        print(f"left out {len(left_out)} runs of sweeps' trials (--include-sweeps, --study NAME)")
+    experiments = list(dict.fromkeys(run.info.experiment_id for run in chosen))
+    logged = None
+    if args.log:
+        command = shlex.join(["python", "-m", "ppo1.compare", *sys.argv[1:]])
+        logged = log_page(client, experiments[0], page, [r.info.run_id for r in chosen], command)
+        print(f"logged as MLflow run {logged}")
+    uri = client.tracking_uri
+    lines = ui_lines(uri, experiments[0], logged, "the page", artifact="compare.html")
+    lines += [f"  all runs: {runs_table_url(uri, e)}" for e in experiments[1:]]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -123,4 +123,5 @@ def train(
         eval_envs.close()
     result = loop.result
     result.run_id = tracker.run_id  # known once the run has ended, if the writer created it
+    result.experiment_id = tracker.experiment_id
     return result

@@ -24,8 +24,10 @@ from ppo1.core.update import NonFiniteLossError
 from ppo1.report.figure_logger import figures_hint
 from ppo1.sweep.trial import run_trial
 from ppo1.tracked import train
+from ppo1.tracking.names import name_tag
 from ppo1.tracking.resume import prepare_resume
-from ppo1.tracking.store import StoreFailedError, is_server, tracking_uri
+from ppo1.tracking.store import StoreFailedError, tracking_uri
+from ppo1.tracking.urls import ui_lines
 from ppo1.utils.cli import exit_with_error
 from ppo1.utils.signals import sigterm_as_interrupt
 
@@ -36,14 +38,11 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
     ]
     if result.run_id is not None:
         uri = tracking_uri(cfg.tracking)
-        lines += [
-            f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})",
-            f"open it: {uri}"
-            # A server has its UI at its own address; `mlflow ui` opens stores, not servers.
-            if is_server(uri)
-            else f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
-            "--port 5000 --workers 1",
-        ]
+        lines.append(
+            f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})"
+        )
+        if result.experiment_id is not None:
+            lines += ui_lines(uri, result.experiment_id, result.run_id)
         lines += figures_hint(cfg, result.run_id)
     if result.policy is not None:
         lines.append(f"policy: {result.policy} (python -m ppo1.evaluate {result.policy})")
@@ -74,11 +73,13 @@ def main(dict_cfg: DictConfig) -> float:
         # A job of the sweep: pruned or failed trials go back to the sweeper as exceptions.
         return run_trial(cfg)
     command = shlex.join(["python", "-m", "ppo1.train", *sys.argv[1:]])
-    tags = {"ppo1.command": command, "mlflow.source.name": "ppo1.train"}
+    hydra_cfg = HydraConfig.get()
+    name = name_tag(cfg.tracking, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, cfg.seed)
+    tags = {"ppo1.command": command, "mlflow.source.name": "ppo1.train", **name}
     resume = None
     if cfg.resume is not None:
         try:
-            cfg, resume = prepare_resume(cfg, list(HydraConfig.get().overrides.task))
+            cfg, resume = prepare_resume(cfg, list(hydra_cfg.overrides.task))
         except ConfigError as err:
             exit_with_error(str(err))
         tags = {"ppo1.resume_command": command}  # the run keeps the command that started it

@@ -6,10 +6,8 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from ppo1.compare import group_by_config
 from ppo1.report import plots
 from ppo1.report.ratios import HIST_EDGES, RatioSnapshot, from_json, summarize, to_json
-from ppo1.report.runs import RunData
 
 
 def vline_xs(fig: go.Figure) -> list[float]:
@@ -186,29 +184,3 @@ def test_seed_band_by_hand() -> None:
     np.testing.assert_array_equal(single_x, x)
     np.testing.assert_array_equal(single_y, x)
     assert not single_std.any()
-
-
-def test_compare_groups_seeds_and_draws_one_curve_per_group() -> None:
-    def run(name: str, clip: str, seed: str, offset: float) -> RunData:
-        steps = np.array([256.0, 512.0])
-        curves = {k: (steps, v[1] + offset) for k, v in CURVES.items()}
-        curves[plots.EVAL_RETURN] = (steps, np.array([10.0, 20.0]) + offset)
-        curves[plots.EPISODIC_RETURN] = (steps, np.array([9.0, 11.0]) + offset)
-        params = {"algo.clip": clip, "seed": seed, "tracking.run_name": name}
-        return RunData(name, curves, params)
-
-    runs = [run("a", "0.2", "1", 0.0), run("b", "0.2", "2", 2.0), run("c", "0.1", "1", 5.0)]
-    groups = group_by_config(runs)
-    assert {k: len(v) for k, v in groups.items()} == {"algo.clip=0.2": 2, "algo.clip=0.1": 1}
-    fig = plots.compare_figure(groups)
-    lines = [t for t in fig.data if t.mode == "lines"]
-    assert len(lines) == 2 * 4  # two groups x four panels
-    assert {t.name for t in lines if t.showlegend} == {"algo.clip=0.2 (n=2)", "algo.clip=0.1"}
-    bands = [t for t in fig.data if t.fill == "toself"]
-    assert len(bands) == 4  # only the two-seed group has a band, in each panel
-    eval_mean = next(t for t in lines if t.xaxis == "x" and t.name.startswith("algo.clip=0.2"))
-    np.testing.assert_allclose(eval_mean.y[[0, -1]], [11.0, 21.0])
-
-    table = plots.params_table_figure({r.label: r.params for r in runs}).data[0]
-    assert list(table.header.values) == ["param", "a", "b", "c"]
-    assert list(table.cells.values[0]) == ["algo.clip", "seed", "tracking.run_name"]

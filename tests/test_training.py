@@ -496,7 +496,8 @@ def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
         done = run_train(f"tracking.uri={url}", writes, *TINY[:-1], "tracking.figures=none")
         assert done.returncode == 0, done.stderr
         # `mlflow ui --backend-store-uri http://...` opens nothing: the server has its own UI.
-        assert f"open it: {url}\n" in done.stdout and "mlflow ui" not in done.stdout
+        assert f"  this run: {url}/#/experiments/1/runs/" in done.stdout
+        assert "mlflow ui" not in done.stdout
         assert "View run" not in done.stdout  # MLflow prints it there when its client ends a run
         (run,) = MlflowClient(db).search_runs(["1"])
         evaluated = run_module("ppo1.evaluate", run.info.run_id, "--tracking-uri", url)

@@ -50,6 +50,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     # The final policy, saved on this disk before any upload (None: no checkpoint folder).
     policy: Path | None = None
+    experiment_id: str | None = None  # the run's, for links into the MLflow UI
 
 
 def update_metrics(

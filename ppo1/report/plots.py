@@ -347,20 +347,11 @@ def compare_figure(groups: Mapping[str, Sequence[Curves]], window: int = 20) -> 
     # Room between the rows for the x-axis titles above and the subplot titles below.
     layout = _grid(2, 2, titles=[t for _, t in panels], gap_y=0.15)
     _axis_titles(layout, "x", dict.fromkeys(range(1, 5), "env steps"))
-    layout |= {"title": "Runs compared (mean ± std across seeds)", "height": _HEIGHT + 320}
+    # A fixed height, and the legend beside the plots, where it scrolls when long: however many
+    # groups there are, the plots keep their size (a legend below would take it from them).
+    layout |= {
+        "title": "Runs compared (mean ± std across seeds)",
+        "height": _HEIGHT + 320,
+        "legend": {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
+    }
     return go.Figure(traces, layout)
-
-
-def params_table_figure(params: Mapping[str, Mapping[str, str]]) -> go.Figure:
-    """The params that differ between runs, one column per run (run label -> params)."""
-    labels = list(params)
-    keys = sorted({k for p in params.values() for k in p})
-    differing = [k for k in keys if len({params[r].get(k, "—") for r in labels}) > 1]
-    cells = [differing] + [[params[r].get(k, "—") for k in differing] for r in labels]
-    fig = go.Figure(go.Table(header={"values": ["param", *labels]}, cells={"values": cells}))
-    fig.update_layout(
-        title=f"{len(differing)} of {len(keys)} params differ",
-        height=140 + 30 * (len(differing) + 1),
-        margin={"t": 60, "b": 20},
-    )
-    return fig

@@ -32,6 +32,10 @@ SNAPSHOTS_FILE = "ratio_snapshots.json"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 # Logged by every PPO update: what tells a training run from a sweep's study or trial run.
 TRAINING_METRIC = "losses/kl"
+# What a sweep tags its runs with (ppo1/sweep/trial.py, parent_run.py): the study's parent run,
+# a run per trial and, under it, a training run per seed.
+ROLE_TAG = "ppo1.role"
+SWEEP_ROLES = ("study", "trial", "seed")
 
 
 @dataclass
@@ -109,10 +113,26 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
         exit_with_error(f"no run {run_id!r} in {client.tracking_uri}")
 
 
-def resolve_runs(client: MlflowClient, targets: Sequence[str], filter_string: str) -> list[Run]:
+def _of_study(client: MlflowClient, experiment_id: str, study: str, runs: list[Run]) -> list[Run]:
+    """The runs that train a seed of one of the study's trials (nested under its trial run)."""
+    trials = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")
+    ids = {t.info.run_id for t in trials if t.data.tags.get("optuna.study_name") == study}
+    return [run for run in runs if run.data.tags.get("mlflow.parentRunId") in ids]
+
+
+def resolve_runs(
+    client: MlflowClient,
+    targets: Sequence[str],
+    filter_string: str,
+    *,
+    include_sweeps: bool = False,
+    study: str | None = None,
+    left_out: list[Run] | None = None,
+) -> list[Run]:
     """Run ids and experiment names -> runs; an experiment stands for its finished training
-    runs, narrowed by `filter_string` (MLflow search syntax). A run id is taken as it is.
-    Fails with one message naming what matched nothing."""
+    runs, narrowed by `filter_string` (MLflow search syntax), without the sweeps' unless
+    `include_sweeps` (those left out are added to `left_out`), or only study `study`'s.
+    A run id is taken as it is. Fails with one message naming what matched nothing."""
     # Sweeps put study and multi-seed trial runs (no training curves) into the experiment, and
     # a running or failed run would draw as a short curve among the finished ones.
     from mlflow.exceptions import MlflowException
@@ -130,14 +150,29 @@ def resolve_runs(client: MlflowClient, targets: Sequence[str], filter_string: st
             except MlflowException as err:
                 exit_with_error(f"--filter {filter_string!r}: {err.message}")
             found = [run for run in searched if TRAINING_METRIC in run.data.metrics]
+            swept = [run for run in found if run.data.tags.get(ROLE_TAG) in SWEEP_ROLES]
+            if study is not None:
+                found = _of_study(client, experiment.experiment_id, study, found)
+            elif not include_sweeps:
+                found = [run for run in found if run.data.tags.get(ROLE_TAG) not in SWEEP_ROLES]
+                if left_out is not None:
+                    left_out += swept
             if not found:
-                exit_with_error(
-                    f"no finished training runs in experiment {target!r}"
-                    + (f" match {filter_string!r}" if filter_string.strip() else "")
-                )
+                exit_with_error(_nothing_in(target, filter_string, study, len(swept)))
             runs += found
         elif _RUN_ID.fullmatch(target):
             runs.append(get_run(client, target))
         else:
             exit_with_error(f"{target!r} is neither a run id nor an experiment name")
     return runs
+
+
+def _nothing_in(experiment: str, filter_string: str, study: str | None, swept: int) -> str:
+    """Why an experiment gave no runs to compare, and what would."""
+    of_study = "" if study is None else f" of study {study!r}"
+    message = f"no finished training runs{of_study} in experiment {experiment!r}"
+    if filter_string.strip():
+        message += f" match {filter_string!r}"
+    if study is None and swept:
+        message += f"; {swept} sweep runs left out (--include-sweeps, or --study NAME)"
+    return message

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ppo1.report.pages import html_page
 from ppo1.sweep.search_space import overrides
 from ppo1.sweep.study import CONFIG_ATTR
+from ppo1.tracking.urls import ui_lines
 
 # Overrides -> the config a job of the sweep gets, without its `hydra` node.
 ComposeJob = Callable[[list[str]], DictConfig]
@@ -174,3 +175,5 @@ def report_study(
         client.set_tag(run_id, "optuna.best_trial", str(summary["best_trial"]))
         client.log_metric(run_id, "best_value", study.best_value)
     print(f"MLflow run {run_id} of the study: figures in optuna/report.html", flush=True)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    print("\n".join(ui_lines(client.tracking_uri, experiment_id, run_id, "the study")), flush=True)

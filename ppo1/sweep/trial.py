@@ -14,6 +14,7 @@ from ppo1.sweep.objectives import objective_value
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
 from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
 from ppo1.tracked import train
+from ppo1.tracking.names import sweep_run_name
 from ppo1.tracking.tracker import Tracker
 
 
@@ -22,7 +23,6 @@ def trial_tags(sweep: SweepConfig, number: int, parent_run_id: str | None) -> di
         "ppo1.role": "trial",
         "optuna.study_name": sweep.study_name,
         "optuna.trial_number": str(number),
-        "mlflow.runName": f"{sweep.study_name}-trial-{number}",
     }
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -36,12 +36,11 @@ def train_seeds(
     values = []
     for i in range(sweep.seeds):
         seed = cfg.seed + i
-        seed_cfg = dataclasses.replace(cfg, seed=seed)
-        tags = {
-            "ppo1.role": "seed",
-            "optuna.trial_number": str(trial.number),
-            "mlflow.runName": f"{sweep.study_name}-trial-{trial.number}-seed-{seed}",
-        }
+        name = sweep_run_name(sweep, cfg.tracking, trial.number, seed)
+        seed_cfg = dataclasses.replace(
+            cfg, seed=seed, tracking=dataclasses.replace(cfg.tracking, run_name=name)
+        )
+        tags = {"ppo1.role": "seed", "optuna.trial_number": str(trial.number)}
         if (run := trial_run.wait_for_run()) is not None:
             tags["mlflow.parentRunId"] = run[0]
         # The trial's final update: the last seed's last (num_updates whole batches).
@@ -66,7 +65,10 @@ def run_trial(cfg: TrainConfig) -> float:
     trial.set_user_attr(CONFIG_ATTR, plain)
     parent_run_id = trial.user_attrs.get(PARENT_RUN_ATTR)
     tags = trial_tags(sweep, trial.number, parent_run_id)
-    with Tracker(cfg.tracking, plain, tags) as trial_run:
+    named = dataclasses.replace(
+        cfg.tracking, run_name=sweep_run_name(sweep, cfg.tracking, trial.number)
+    )
+    with Tracker(named, plain, tags) as trial_run:
         try:
             value = train_seeds(cfg, sweep, trial, trial_run)
         except NonFiniteLossError as err:

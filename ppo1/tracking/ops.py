@@ -146,8 +146,8 @@ def create_run(
     run_name: str | None,
     tags: dict[str, str],
     start_ms: int,
-) -> tuple[str, str]:
-    """A new RUNNING run in the experiment (created if need be): its id and its name.
+) -> tuple[str, str, str]:
+    """A new RUNNING run in the experiment (created if need be): its id, name and experiment.
 
     `start_ms` is when training started: a writer creates the run seconds later, and the UI's
     duration is end minus start.
@@ -155,7 +155,7 @@ def create_run(
     experiment_id = get_or_create_experiment(client, experiment)
     end_dead_runs(client, experiment_id)
     run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=run_name)
-    return run.info.run_id, run.info.run_name
+    return run.info.run_id, run.info.run_name, experiment_id
 
 
 def apply(client: MlflowClient, run_id: str, op: Op) -> None:

@@ -95,6 +95,7 @@ class Tracker:
         self.tags = dict(tags or {})
         self.run_id: str | None = None
         self.run_name: str | None = None
+        self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
         self._writer: RunWriter | None = None
         # The store has worked: a server answered, or a run was created. What fails after
@@ -138,7 +139,8 @@ class Tracker:
             if self._resumes is not None:
                 self.run_id = self._resumes
                 client, _ = self._own_client()
-                self.run_name = client.get_run(self.run_id).info.run_name
+                info = client.get_run(self.run_id).info
+                self.run_name, self.experiment_id = info.run_name, info.experiment_id
                 # This process's tags first: a RUNNING run with a dead pid is ended by others.
                 self._do(("tags", self.tags))
                 self._do(("reopen",))
@@ -163,7 +165,7 @@ class Tracker:
             self._client = client
         if self.run_id is None:
             with interrupts_deferred():
-                self.run_id, self.run_name = create_run(
+                self.run_id, self.run_name, self.experiment_id = create_run(
                     self._client, self.cfg.experiment, self.cfg.run_name, self.tags, self._start_ms
                 )
         return self._client, self.run_id
@@ -205,6 +207,7 @@ class Tracker:
     def _learn_run(self, writer: RunWriter) -> None:
         if writer.run is not None and self.run_id is None:
             self.run_id, self.run_name = writer.run
+            self.experiment_id = writer.experiment_id
 
     def _take_over(self) -> None:
         """The writer exited or hung: this process does what it left undone, and what follows."""

@@ -8,13 +8,13 @@ operations the trainer sends while training goes on. A thread could not hide tha
 (SQLAlchemy holds the GIL against the training thread's many short torch calls), and a forked
 process would cost the trainer copy-on-write faults; this one shares no memory with it.
 
-Protocol, JSON lines: the trainer's first line names the run, `["create", experiment,
-run_name, tags, start_ms]` or `["attach", run_id]`; then one line an operation,
-`[number, *op]`; and `end` last. The writer replies `["ready", run_id, run_name]` once it has
-the run, then `[number]` once an operation is done. What it has not done when the trainer
-closes it, the trainer does itself: every operation may be repeated (a SQL store drops metric
-rows it already holds; params, tags, artifacts and the status are the same when written
-twice), so nothing depends on this process.
+Protocol, JSON lines: the trainer's first line names the run, `["create", experiment, run_name,
+tags, start_ms]` or `["attach", run_id]`; then one line an operation, `[number, *op]`; and `end`
+last. The writer replies `["ready", run_id, run_name, experiment_id]` once it has the run, then
+`[number]` once an operation is done. What it has not done when the trainer closes it, the
+trainer does itself: every operation may be repeated (a SQL store drops metric rows it already
+holds; params, tags, artifacts and the status are the same when written twice), so nothing
+depends on this process.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class RunWriter:
             fcntl.fcntl(self._stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         self.creates_run = run[0] == "create"
         self.run: tuple[str, str] | None = None  # (id, name), once the writer has the run
+        self.experiment_id: str | None = None  # the run's, as the UI's links need it
         self.alive = True  # until its replies end: it has exited
         self._out = bytearray(_line(run))
         self._partial = b""
@@ -174,8 +175,8 @@ class RunWriter:
         *lines, self._partial = (self._partial + b"".join(chunks)).split(b"\n")
         for line in lines:
             match json.loads(line):
-                case ["ready", str(run_id), str(run_name)]:
-                    self.run = (run_id, run_name)
+                case ["ready", str(run_id), str(run_name), str(experiment_id)]:
+                    self.run, self.experiment_id = (run_id, run_name), experiment_id
                 case [int(number)]:
                     self._undone.pop(number, None)
 
@@ -203,11 +204,12 @@ def main(argv: list[str]) -> int:
         os.environ.setdefault(MLFLOW_HTTP_REQUEST_MAX_RETRIES.name, "2")
         client = MlflowClient(uri)
         if run[0] == "create":
-            run_id, run_name = create_run(client, *run[1:])
+            run_id, run_name, experiment_id = create_run(client, *run[1:])
         else:
             run_id = run[1]
-            run_name = client.get_run(run_id).info.run_name  # opens the store
-        reply(["ready", run_id, run_name])
+            info = client.get_run(run_id).info  # opens the store
+            run_name, experiment_id = info.run_name, info.experiment_id
+        reply(["ready", run_id, run_name, experiment_id])
         for line in sys.stdin.buffer:
             if line == _END:
                 return 0
