@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmarks import bench, budget, phases
+from benchmarks import bench, phases
+from benchmarks import budget as solving
 from benchmarks.bench import compose_config
 from benchmarks.budget import Budget, Row, SolveWatch
 from benchmarks.phases import MatmulCall, time_to_solve
@@ -61,7 +62,7 @@ def test_time_to_solve_stops_at_the_second_passing_evaluation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Any return passes, so both systems are "solved" at their second evaluation (512 steps).
-    monkeypatch.setattr(budget, "SOLVE_RETURN", -1.0)
+    monkeypatch.setattr(solving, "SOLVE_RETURN", -1.0)
     cfg = compose_config(["eval.episodes=2"])
     budget = replace(Budget.quick(), solve_timesteps=2048)
     steps, seconds = time_to_solve(cfg, 1, budget) or (None, None)
