@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import pytest
 
 from ppo1.report import plots
+from ppo1.report.compare import seed_band
 from ppo1.report.ratios import HIST_EDGES, RatioSnapshot, from_json, summarize, to_json
 
 
@@ -176,11 +177,11 @@ def test_ratio_evolution_draws_bands_annealed_eps_and_heatmap() -> None:
 
 def test_seed_band_by_hand() -> None:
     x = np.array([0.0, 10.0])
-    grid, mean, std = plots.seed_band([(x, x), (x, x + 2.0)], points=3)
+    grid, mean, std = seed_band([(x, x), (x, x + 2.0)], points=3)
     np.testing.assert_allclose(grid, [0.0, 5.0, 10.0])
     np.testing.assert_allclose(mean, grid + 1.0)
     np.testing.assert_allclose(std, [1.0, 1.0, 1.0])
-    single_x, single_y, single_std = plots.seed_band([(x, x)])
+    single_x, single_y, single_std = seed_band([(x, x)])
     np.testing.assert_array_equal(single_x, x)
     np.testing.assert_array_equal(single_y, x)
     assert not single_std.any()

@@ -7,14 +7,26 @@ column per group, keys the letters to every differing param and names the group'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import DEFAULT_PLOTLY_COLORS, unlabel_rgb
 
 from ppo1.config import NOT_LEARNING
-from ppo1.report.plots import compare_figure
+from ppo1.report.plots import (
+    EPISODIC_RETURN,
+    EVAL_RETURN,
+    PLOT_HEIGHT,
+    Curves,
+    Series,
+    axis_titles,
+    moving_average,
+    on_subplot,
+    subplot_grid,
+)
 from ppo1.report.runs import ROLE_TAG, RunData
 from ppo1.tracking.names import short_keys, short_value
 
@@ -119,3 +131,78 @@ def log_page(
     client.log_text(run_id, "\n".join(run_ids) + "\n", "runs.txt")
     client.set_terminated(run_id)
     return run_id
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = unlabel_rgb(color)
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def seed_band(
+    runs: Sequence[Series], points: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std across runs, each interpolated onto a shared grid over their common steps;
+    a single run is returned as logged with zero std."""
+    if len(runs) == 1:
+        x, y = runs[0]
+        return x, y, np.zeros_like(y)
+    lo = max(float(x[0]) for x, _ in runs)
+    hi = min(float(x[-1]) for x, _ in runs)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+    ys = np.stack([np.interp(grid, x, y) for x, y in runs])
+    return grid, ys.mean(axis=0), ys.std(axis=0)
+
+
+def compare_figure(groups: Mapping[str, Sequence[Curves]], window: int = 20) -> go.Figure:
+    """Eval and training-episode return, exact KL and clip fraction vs env steps: one colour
+    per group of runs (same config, different seeds), mean +- std band when a group has several."""
+    panels = (
+        (EVAL_RETURN, "eval return"),
+        (EPISODIC_RETURN, f"episode return (mean of last {window})"),
+        ("losses/kl", "exact KL"),
+        ("losses/clipfrac", "clip fraction"),
+    )
+    traces: list[go.Scatter | go.Heatmap] = []
+    for g, (label, runs) in enumerate(groups.items()):
+        color = DEFAULT_PLOTLY_COLORS[g % len(DEFAULT_PLOTLY_COLORS)]
+        for p, (key, _) in enumerate(panels):
+            series = [run[key] for run in runs if key in run and run[key][0].size]
+            if not series:
+                continue
+            if key == EPISODIC_RETURN:
+                series = [(x, moving_average(y, window)) for x, y in series]
+            x, mean, std = seed_band(series)
+            if len(series) > 1:
+                band = go.Scatter(
+                    x=np.concatenate([x, x[::-1]]),
+                    y=np.concatenate([mean + std, (mean - std)[::-1]]),
+                    fill="toself",
+                    fillcolor=_rgba(color, 0.2),
+                    line_width=0,
+                    hoverinfo="skip",
+                    legendgroup=label,
+                    showlegend=False,
+                )
+                traces.append(on_subplot(p + 1, band))
+            name = f"{label} (n={len(series)})" if len(series) > 1 else label
+            line = go.Scatter(
+                x=x,
+                y=mean,
+                name=name,
+                mode="lines",
+                line_color=color,
+                legendgroup=label,
+                showlegend=p == 0,
+            )
+            traces.append(on_subplot(p + 1, line))
+    # Room between the rows for the x-axis titles above and the subplot titles below.
+    layout = subplot_grid(2, 2, titles=[t for _, t in panels], gap_y=0.15)
+    axis_titles(layout, "x", dict.fromkeys(range(1, 5), "env steps"))
+    # A fixed height, and the legend beside the plots, where it scrolls when long: however many
+    # groups there are, the plots keep their size (a legend below would take it from them).
+    layout |= {
+        "title": "Runs compared (mean ± std across seeds)",
+        "height": PLOT_HEIGHT + 320,
+        "legend": {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
+    }
+    return go.Figure(traces, layout)

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from plotly.colors import DEFAULT_PLOTLY_COLORS, unlabel_rgb
 
 from ppo1.core.losses import clip_active
 from ppo1.report.ratios import HIST_EDGES, RatioSnapshot
@@ -23,7 +22,7 @@ Curves = Mapping[str, Series]
 EPISODIC_RETURN = "charts/episodic_return"
 EVAL_RETURN = "eval/mean_return"
 _EPS_LINE = {"dash": "dash", "color": "firebrick", "width": 1}
-_HEIGHT = 420
+PLOT_HEIGHT = 420
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -62,7 +61,7 @@ def reward_figure(steps: np.ndarray, returns: np.ndarray, window: int = 20) -> g
         title="Training episode return",
         xaxis_title="episode",
         yaxis_title="return",
-        height=_HEIGHT,
+        height=PLOT_HEIGHT,
         updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "y": 1.15}],
     )
     return fig
@@ -92,7 +91,7 @@ def _suffix(k: int) -> str:
     return "" if k == 1 else str(k)
 
 
-def _grid(
+def subplot_grid(
     rows: int,
     cols: int = 1,
     shared_x: bool = False,
@@ -125,13 +124,13 @@ def _grid(
     return layout
 
 
-def _on(k: int, trace: go.Scatter | go.Heatmap) -> go.Scatter | go.Heatmap:
+def on_subplot(k: int, trace: go.Scatter | go.Heatmap) -> go.Scatter | go.Heatmap:
     """`trace` drawn on subplot k of a `_grid`."""
     trace.update(xaxis=f"x{_suffix(k)}", yaxis=f"y{_suffix(k)}")
     return trace
 
 
-def _axis_titles(layout: dict[str, Any], axis: str, titles: Mapping[int, str]) -> None:
+def axis_titles(layout: dict[str, Any], axis: str, titles: Mapping[int, str]) -> None:
     """Title subplot k's `axis` ("x" or "y") for each k in `titles`."""
     for k, title in titles.items():
         layout[f"{axis}axis{_suffix(k)}"]["title"] = {"text": title}
@@ -146,7 +145,7 @@ def ratio_histogram_figure(ratio: np.ndarray, clip: float) -> go.Figure:
             "title": f"Policy ratio r_t after the last update (ε = {clip:.3g})",
             "xaxis_title": "r_t",
             "yaxis_title": "samples",
-            "height": _HEIGHT,
+            "height": PLOT_HEIGHT,
             **_eps_lines(clip),
         },
     )
@@ -177,7 +176,7 @@ def clip_activity_figure(ratio: np.ndarray, advantages: np.ndarray, clip: float)
             "title": f"Where clipping is active: {active.mean():.1%} of {active.size} samples",
             "xaxis_title": "r_t",
             "yaxis_title": "advantage A_t",
-            "height": _HEIGHT,
+            "height": PLOT_HEIGHT,
             **marks,
         },
     )
@@ -186,16 +185,18 @@ def clip_activity_figure(ratio: np.ndarray, advantages: np.ndarray, clip: float)
 def _stacked(curves: Curves, title: str, rows: Sequence[Sequence[tuple[str, str]]]) -> go.Figure:
     """One subplot per row of (metric, legend name) pairs, sharing the env-step axis; a metric
     that was not logged is left out."""
-    layout = _grid(len(rows), shared_x=True)
-    _axis_titles(layout, "y", {k: " / ".join(n for _, n in row) for k, row in enumerate(rows, 1)})
-    _axis_titles(layout, "x", {len(rows): "env steps"})
+    layout = subplot_grid(len(rows), shared_x=True)
+    axis_titles(layout, "y", {k: " / ".join(n for _, n in row) for k, row in enumerate(rows, 1)})
+    axis_titles(layout, "x", {len(rows): "env steps"})
     traces = [
-        _on(k, go.Scatter(x=curves[key][0], y=curves[key][1], name=name, mode="lines"))
+        on_subplot(k, go.Scatter(x=curves[key][0], y=curves[key][1], name=name, mode="lines"))
         for k, row in enumerate(rows, start=1)
         for key, name in row
         if key in curves
     ]
-    return go.Figure(traces, layout | {"title": title, "height": _HEIGHT + 160 * (len(rows) - 1)})
+    return go.Figure(
+        traces, layout | {"title": title, "height": PLOT_HEIGHT + 160 * (len(rows) - 1)}
+    )
 
 
 def kl_clip_figure(curves: Curves) -> go.Figure:
@@ -275,83 +276,8 @@ def ratio_evolution_figure(snapshots: Sequence[RatioSnapshot]) -> go.Figure:
         name="share of batch",
         colorbar={"title": "share", "len": 0.45, "y": 0.22},
     )
-    layout = _grid(2, shared_x=True)
-    _axis_titles(layout, "y", {1: "r_t quantiles", 2: "r_t (end bins hold the overflow)"})
-    _axis_titles(layout, "x", {2: "env steps"})
-    layout |= {"title": "How the ratio distribution evolves", "height": _HEIGHT + 260}
-    return go.Figure([*(_on(1, t) for t in traces), _on(2, heatmap)], layout)
-
-
-def _rgba(color: str, alpha: float) -> str:
-    r, g, b = unlabel_rgb(color)
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-def seed_band(
-    runs: Sequence[Series], points: int = 200
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std across runs, each interpolated onto a shared grid over their common steps;
-    a single run is returned as logged with zero std."""
-    if len(runs) == 1:
-        x, y = runs[0]
-        return x, y, np.zeros_like(y)
-    lo = max(float(x[0]) for x, _ in runs)
-    hi = min(float(x[-1]) for x, _ in runs)
-    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
-    ys = np.stack([np.interp(grid, x, y) for x, y in runs])
-    return grid, ys.mean(axis=0), ys.std(axis=0)
-
-
-def compare_figure(groups: Mapping[str, Sequence[Curves]], window: int = 20) -> go.Figure:
-    """Eval and training-episode return, exact KL and clip fraction vs env steps: one colour
-    per group of runs (same config, different seeds), mean +- std band when a group has several."""
-    panels = (
-        (EVAL_RETURN, "eval return"),
-        (EPISODIC_RETURN, f"episode return (mean of last {window})"),
-        ("losses/kl", "exact KL"),
-        ("losses/clipfrac", "clip fraction"),
-    )
-    traces: list[go.Scatter | go.Heatmap] = []
-    for g, (label, runs) in enumerate(groups.items()):
-        color = DEFAULT_PLOTLY_COLORS[g % len(DEFAULT_PLOTLY_COLORS)]
-        for p, (key, _) in enumerate(panels):
-            series = [run[key] for run in runs if key in run and run[key][0].size]
-            if not series:
-                continue
-            if key == EPISODIC_RETURN:
-                series = [(x, moving_average(y, window)) for x, y in series]
-            x, mean, std = seed_band(series)
-            if len(series) > 1:
-                band = go.Scatter(
-                    x=np.concatenate([x, x[::-1]]),
-                    y=np.concatenate([mean + std, (mean - std)[::-1]]),
-                    fill="toself",
-                    fillcolor=_rgba(color, 0.2),
-                    line_width=0,
-                    hoverinfo="skip",
-                    legendgroup=label,
-                    showlegend=False,
-                )
-                traces.append(_on(p + 1, band))
-            name = f"{label} (n={len(series)})" if len(series) > 1 else label
-            line = go.Scatter(
-                x=x,
-                y=mean,
-                name=name,
-                mode="lines",
-                line_color=color,
-                legendgroup=label,
-                showlegend=p == 0,
-            )
-            traces.append(_on(p + 1, line))
-    # Room between the rows for the x-axis titles above and the subplot titles below.
-    layout = _grid(2, 2, titles=[t for _, t in panels], gap_y=0.15)
-    _axis_titles(layout, "x", dict.fromkeys(range(1, 5), "env steps"))
-    # A fixed height, and the legend beside the plots, where it scrolls when long: however many
-    # groups there are, the plots keep their size (a legend below would take it from them).
-    layout |= {
-        "title": "Runs compared (mean ± std across seeds)",
-        "height": _HEIGHT + 320,
-        "legend": {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
-    }
-    return go.Figure(traces, layout)
+    layout = subplot_grid(2, shared_x=True)
+    axis_titles(layout, "y", {1: "r_t quantiles", 2: "r_t (end bins hold the overflow)"})
+    axis_titles(layout, "x", {2: "env steps"})
+    layout |= {"title": "How the ratio distribution evolves", "height": PLOT_HEIGHT + 260}
+    return go.Figure([*(on_subplot(1, t) for t in traces), on_subplot(2, heatmap)], layout)
