@@ -109,10 +109,10 @@ def test_notebook_preset(compose_cfg: Compose) -> None:
         # Hydra appends keys given with + or ++ (it even suggests +algo.cilp for algo.cilp).
         (
             "+algo.cilp=0.5",
-            "not in the schema (ppo1/config.py): algo.cilp (did you mean algo.clip?)",
+            "not in the schema (ppo1/config/schema.py): algo.cilp (did you mean algo.clip?)",
         ),
         ("++algo.cilp=0.5", "algo.cilp (did you mean algo.clip?)"),
-        ("+cilp=0.5", "not in the schema (ppo1/config.py): cilp"),
+        ("+cilp=0.5", "not in the schema (ppo1/config/schema.py): cilp"),
         ("+algo.net.hiden=[8]", "algo.net.hiden (did you mean algo.net.hidden?)"),
         ("algo.ent_coef=nan", "algo.ent_coef=nan: settings must be finite"),
         ("algo.lr=inf", "algo.lr=inf: settings must be finite"),
@@ -130,7 +130,7 @@ def test_every_non_finite_setting_is_named_in_one_message(compose_cfg: Compose) 
     with pytest.raises(ConfigError) as err:
         compose_cfg(["algo.vf_coef=nan", "algo.net.log_std_init=inf", "+algo.foo=1"])
     assert str(err.value) == (
-        "unknown key(s), not in the schema (ppo1/config.py): algo.foo; "
+        "unknown key(s), not in the schema (ppo1/config/schema.py): algo.foo; "
         "algo.vf_coef=nan, algo.net.log_std_init=inf: settings must be finite numbers"
     )
 

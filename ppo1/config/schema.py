@@ -1,37 +1,19 @@
-"""Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
+"""The training schemas: env, network, algo, schedule, evaluation, tracking and the whole run.
 
-Hydra validates types and unknown keys against these schemas when it composes `conf/`;
-the `__post_init__` checks below catch values that are well-typed but meaningless (clip <= 0,
-a minibatch larger than the batch) once `OmegaConf.to_object` builds the typed objects.
+Each `__post_init__` refuses values that are well-typed but meaningless (clip <= 0, a
+minibatch larger than the batch), all of a section's problems in one ConfigError.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
-from ppo1.utils.cli import exit_with_error
-
-
-class ConfigError(ValueError):
-    """A composed config that type-checks but cannot be trained; one message lists every problem."""
-
-
-def _raise_if(problems: list[tuple[bool, str]]) -> None:
-    failed = [message for bad, message in problems if bad]
-    if failed:
-        raise ConfigError("; ".join(failed))
-
+from ppo1.config.errors import ConfigError, raise_if
+from ppo1.config.sweep import SweepConfig
 
 # How `num_envs` copies are stepped: `auto` takes a natively vectorized env if there is one,
 # `sync` steps them in a loop in this process, `async` in subprocesses (AsyncVectorEnv).
@@ -95,7 +77,7 @@ class EnvConfig:
     clip_obs: float = 10.0
 
     def __post_init__(self) -> None:
-        _raise_if(
+        raise_if(
             [
                 (self.num_envs < 1, f"env.num_envs must be >= 1, got {self.num_envs}"),
                 (self.clip_obs <= 0, f"env.clip_obs must be > 0, got {self.clip_obs}"),
@@ -127,7 +109,7 @@ class NetworkConfig:
     log_std_init: float = 0.0
 
     def __post_init__(self) -> None:
-        _raise_if(
+        raise_if(
             [
                 (
                     not self.hidden or min(self.hidden) < 1,
@@ -180,7 +162,7 @@ class AlgoConfig:
     net: NetworkConfig = field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:
-        _raise_if(
+        raise_if(
             [
                 (self.n_steps < 1, f"algo.n_steps must be >= 1, got {self.n_steps}"),
                 (not 0 < self.gamma <= 1, f"algo.gamma must be in (0, 1], got {self.gamma}"),
@@ -227,7 +209,7 @@ class ScheduleConfig:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        _raise_if([(not 0 <= self.end <= 1, f"schedule.end must be in [0, 1], got {self.end}")])
+        raise_if([(not 0 <= self.end <= 1, f"schedule.end must be in [0, 1], got {self.end}")])
 
 
 @dataclass
@@ -239,7 +221,7 @@ class EvalConfig:
     num_envs: int = 20
 
     def __post_init__(self) -> None:
-        _raise_if(
+        raise_if(
             [
                 (self.every < 1, f"eval.every must be >= 1, got {self.every}"),
                 (self.episodes < 1, f"eval.episodes must be >= 1, got {self.episodes}"),
@@ -263,110 +245,13 @@ class TrackingConfig:
     writer_process: bool = True
 
     def __post_init__(self) -> None:
-        _raise_if(
+        raise_if(
             [
                 (
                     self.figures_every < 0,
                     f"tracking.figures_every must be >= 0, got {self.figures_every}",
                 ),
                 (not self.experiment.strip(), "tracking.experiment must not be empty"),
-            ]
-        )
-
-
-class Objective(Enum):
-    """What a sweep trial maximises, per seed, then averaged over `sweep.seeds` seeds."""
-
-    final = "final"  # the last evaluation's mean return
-    best = "best"  # the best evaluation's mean return
-    auc = "auc"  # area under the evaluation curve / steps: the mean return over training
-
-
-class KLMetric(Enum):
-    """The KL the KL pruner watches: exact analytic KL(old||new) or the k3 estimate."""
-
-    kl = "losses/kl"
-    approx_kl = "losses/approx_kl"
-
-
-@dataclass
-class KLPrunerConfig:
-    """Prune a trial whose update KL exceeds `threshold` for `patience` updates in a row."""
-
-    metric: KLMetric = KLMetric.kl
-    threshold: float = 0.1
-    patience: int = 3
-    # Updates at the start of each seed's training that the rule ignores.
-    warmup_updates: int = 2
-
-    def __post_init__(self) -> None:
-        _raise_if(
-            [
-                (not self.threshold > 0, f"sweep.kl.threshold must be > 0, got {self.threshold}"),
-                (self.patience < 1, f"sweep.kl.patience must be >= 1, got {self.patience}"),
-                (
-                    self.warmup_updates < 0,
-                    f"sweep.kl.warmup_updates must be >= 0, got {self.warmup_updates}",
-                ),
-            ]
-        )
-
-
-# A study name names a journal file under mlruns/optuna/ and an MLflow tag value: no folders,
-# no `..`, no quotes that would end an MLflow filter's string.
-_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-@dataclass
-class SweepConfig:
-    """An Optuna study run as a Hydra multirun; filled in by `sweeps/<name>.yaml`."""
-
-    study_name: str = "ppo1"
-    # A journal file (any number of processes on one machine) or an RDB URL such as
-    # postgresql+psycopg://... (across machines); null: mlruns/optuna/<study_name>.journal.
-    storage: str | None = None
-    # Total trials of the study: re-running the command resumes up to this many.
-    n_trials: int = 20
-    # Trials asked per launcher batch (a parallel launcher runs them at once).
-    n_jobs: int = 1
-    seeds: int = 1
-    objective: Objective = Objective.auc
-    # Search space: config key -> Hydra sweep syntax, e.g. tag(log, interval(1e-4, 1e-2)).
-    params: dict[str, str] = field(default_factory=dict)
-    # Built with hydra.utils.instantiate.
-    sampler: dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0}
-    )
-    # The conventional pruner on the evaluation returns; null: none.
-    pruner: dict[str, Any] | None = None
-    # The KL rule, checked before `pruner`; null: no KL pruning.
-    kl: KLPrunerConfig | None = None
-    # A sweep process writes the time on its running trials every heartbeat_s seconds; a
-    # RUNNING trial silent for grace_s (its process was killed, its machine lost) is failed
-    # by the next sweep process on the study, which runs its slot again.
-    heartbeat_s: float = 30.0
-    grace_s: float = 120.0
-    # Set by the sweeper for each job it launches: the number of the trial the job runs.
-    trial: int | None = None
-
-    def __post_init__(self) -> None:
-        _raise_if(
-            [
-                (
-                    not _STUDY_NAME.fullmatch(self.study_name),
-                    f"sweep.study_name={self.study_name!r}: use up to 100 letters, digits, "
-                    f"'.', '_' and '-', starting with a letter or digit",
-                ),
-                (self.n_trials < 1, f"sweep.n_trials must be >= 1, got {self.n_trials}"),
-                (self.n_jobs < 1, f"sweep.n_jobs must be >= 1, got {self.n_jobs}"),
-                (self.seeds < 1, f"sweep.seeds must be >= 1, got {self.seeds}"),
-                (self.heartbeat_s <= 0, f"sweep.heartbeat_s must be > 0, got {self.heartbeat_s}"),
-                (
-                    self.grace_s <= self.heartbeat_s,
-                    f"sweep.grace_s={self.grace_s} must be longer than sweep.heartbeat_s="
-                    f"{self.heartbeat_s}, or live trials would be failed as stale",
-                ),
-                (not self.params, "sweep.params is empty: name at least one key to search"),
             ]
         )
 
@@ -407,7 +292,7 @@ class TrainConfig:
         return -(-self.total_timesteps // self.batch_size)
 
     def __post_init__(self) -> None:
-        _raise_if(
+        raise_if(
             [
                 (
                     self.total_timesteps < 1,
@@ -433,109 +318,3 @@ class TrainConfig:
                 ),
             ]
         )
-
-
-# conf/ by absolute path: Hydra resolves a relative config_path against the module's package
-# when the entrypoint is imported (a console script) rather than run as a file, and conf/ is no
-# package.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def register_configs() -> None:
-    """Register the schemas so Hydra type-checks `conf/` and every command-line override."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-@dataclass
-class _Leaf:
-    path: str  # the dotted key, as typed on the command line
-    value: Any
-    siblings: list[str]  # the schema's field names beside it
-    known: bool
-
-
-def _leaves(node: DictConfig, prefix: str = "") -> Iterator[_Leaf]:
-    """Every leaf under a node typed by a schema dataclass, nested dataclasses walked into;
-    free-form dict fields (sweep.params) count as leaves."""
-    schema = OmegaConf.get_type(node)
-    assert schema is not None and is_dataclass(schema)
-    names = [f.name for f in fields(schema)]
-    for key in map(str, node):
-        path = f"{prefix}{key}"
-        if key not in names:
-            yield _Leaf(path, None, names, known=False)
-        elif is_dataclass(OmegaConf.get_type(node, key)):
-            yield from _leaves(node[key], f"{path}.")
-        else:
-            yield _Leaf(path, node[key], names, known=True)
-
-
-def schema_problems(cfg: DictConfig) -> list[tuple[bool, str]]:
-    """Keys the schema lacks and non-finite floats, both of which `to_object` lets through.
-
-    Hydra refuses `algo.cilp=0.5` but appends `+algo.cilp=0.5` (as its own error suggests),
-    and `OmegaConf.to_object` sets such a key as a stray attribute that training never reads.
-    NaN passes the range checks in `__post_init__` (`nan < 0` is False), so every float field
-    is checked for finiteness here, before them.
-    """
-    leaves = list(_leaves(cfg))
-    unknown = []
-    for leaf in leaves:
-        if not leaf.known:
-            parent, dot, key = leaf.path.rpartition(".")
-            close = difflib.get_close_matches(key, leaf.siblings, n=1)
-            unknown.append(
-                f"{leaf.path} (did you mean {parent}{dot}{close[0]}?)" if close else leaf.path
-            )
-    non_finite = [
-        f"{leaf.path}={leaf.value}"
-        for leaf in leaves
-        if isinstance(leaf.value, float) and not math.isfinite(leaf.value)
-    ]
-    return [
-        (
-            bool(unknown),
-            f"unknown key(s), not in the schema (ppo1/config.py): {', '.join(unknown)}",
-        ),
-        (bool(non_finite), f"{', '.join(non_finite)}: settings must be finite numbers"),
-    ]
-
-
-def to_train_config(cfg: DictConfig) -> TrainConfig:
-    """Turn a composed DictConfig into the typed config, refusing keys outside the schema and
-    non-finite numbers, then running every `__post_init__` check."""
-    _raise_if(schema_problems(cfg))
-    train_cfg = OmegaConf.to_object(cfg)
-    assert isinstance(train_cfg, TrainConfig)
-    return train_cfg
-
-
-def to_train_config_or_exit(cfg: DictConfig) -> TrainConfig:
-    """`to_train_config` for command-line entrypoints: a ConfigError exits 2 with one message."""
-    try:
-        return to_train_config(cfg)
-    except ConfigError as err:
-        exit_with_error(f"invalid config: {err}")
-
-
-# Settings (dotted-key prefixes) that do not change what a run learns: runs differing only in
-# them are seeds of one configuration (compare), and a sweep may resume with other values.
-NOT_LEARNING = (
-    "seed",
-    "tracking.",
-    "verbose",
-    "save_model",
-    "torch_threads",
-    "checkpoint_every",
-    "checkpoint_dir",
-    "resume",
-    # Both backends take the same update to float precision (tests/test_backends.py).
-    "algo.backend",
-)
-
-
-def to_plain_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The resolved config as plain Python containers (enums as strings), e.g. for checkpoints."""
-    container = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-    assert isinstance(container, dict)
-    return {str(k): v for k, v in container.items()}
