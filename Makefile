@@ -16,7 +16,7 @@ $(PY):
 
 # pip install -e '.$(EXTRAS)', then the stamp; any extras install the runtime dependencies too.
 $(RUNTIME): EXTRAS :=
-$(DEV): EXTRAS := [dev,bench]
+$(DEV): EXTRAS := [dev,bench,cluster]
 $(BENCH): EXTRAS := [bench]
 $(RUNTIME) $(DEV) $(BENCH): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.$(EXTRAS)'

@@ -54,6 +54,7 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
+from ppo1.tracking.redact import redact
 from ppo1.tracking.tracker import sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class OptunaSweeper(Sweeper):
             study = create_study(sweep, open_storage(spec))
         except ConfigError as err:
             exit_with_error(f"invalid sweep: {err}")
-        with study_lock(spec):
+        with study_lock(spec, sweep.study_name):
             settings = value_settings(job_cfg, space)
             if mismatch := settings_mismatch(study, settings):
                 exit_with_error(mismatch)
@@ -159,7 +160,8 @@ class OptunaSweeper(Sweeper):
             # Only now that a trial can start: settings recorded by a command that could not
             # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
             record_settings(study, settings)
-        print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
+        shown = redact(spec)
+        print(f"study '{sweep.study_name}' in {shown}: {sweep.n_trials} trials in total", flush=True)
         with sigterm_as_interrupt():
             try:
                 returns = self._optimize(study, sweep, space, spec, fixed, parent)
@@ -232,7 +234,7 @@ class OptunaSweeper(Sweeper):
     ) -> list[optuna.Trial]:
         """The next batch: up to n_jobs trials, never past n_trials counting every process's,
         once stale trials have been failed to free their slots."""
-        with study_lock(spec):
+        with study_lock(spec, sweep.study_name):
             _fail_stale(study, sweep.grace_s, parent)
             count = min(sweep.n_jobs, sweep.n_trials - counted_trials(study))
             trials = [study.ask(space) for _ in range(max(count, 0))]

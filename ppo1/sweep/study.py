@@ -16,11 +16,12 @@ from hydra.utils import instantiate
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_plain_dict
+from ppo1.sweep.database import database_lock, open_rdb, study_key
 from ppo1.tracking.tracker import flatten, project_root
 
 # Trial user attrs the sweeper writes for its jobs and for resuming.
@@ -47,35 +48,12 @@ def _is_url(spec: str) -> bool:
     return "://" in spec
 
 
-def _open_rdb(url: str) -> RDBStorage:
-    """RDBStorage(url), or one ConfigError naming the bad scheme or the missing driver."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        raise ConfigError(f"sweep.storage {url!r} is not a database URL") from None
-    try:
-        return RDBStorage(url)
-    except NoSuchModuleError:
-        scheme = url.split("://", 1)[0]
-        problem = f"no database scheme {scheme!r}; e.g. sqlite:///path/optuna.db, postgresql+psycopg://..."
-    except ImportError as err:
-        # Optuna hides which driver is missing in the chained ModuleNotFoundError.
-        missing = getattr(err.__cause__, "name", None) or "?"
-        problem = f"its database driver, the Python module {missing!r}, is not installed"
-    except SQLAlchemyError as err:
-        problem = " ".join(str(err.orig if hasattr(err, "orig") else err).split())
-    raise ConfigError(f"sweep.storage {shown}: {problem}")
-
-
 def open_storage(spec: str) -> BaseStorage:
     """An RDB URL, or a journal file path: Optuna's multi-process store on one machine.
 
     A store that cannot be opened or written raises one ConfigError, before any trial."""
     if _is_url(spec):
-        return _open_rdb(spec)
+        return open_rdb(spec)
     path = Path(spec)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,14 +72,15 @@ def storage_exists(spec: str) -> bool:
 
 
 @contextmanager
-def study_lock(spec: str) -> Iterator[None]:
-    """Serialise count-then-ask across sweep processes sharing a journal file.
+def study_lock(spec: str, study_name: str) -> Iterator[None]:
+    """Serialise count-then-ask across sweep processes sharing the study's storage.
 
-    Without it two processes could both see one trial left and both ask it. RDB storages get
-    no lock: there, concurrent sweeps may overshoot n_trials by up to n_jobs per process.
+    Without it two processes could both see one trial left and both ask it. A database locks
+    the study itself (ppo1.sweep.database); a journal file gets a lock file beside it.
     """
     if _is_url(spec):
-        yield
+        with database_lock(spec, study_key(study_name)):
+            yield
         return
     with open(f"{spec}.ask.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -288,7 +267,7 @@ def fail_stale_trials(study: optuna.Study, grace_s: float) -> list[FrozenTrial]:
             storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
-            continue  # it ended meanwhile (an RDB storage has no study lock)
+            continue  # it ended meanwhile: its own process told it, unlocked
         failed.append(storage.get_trial(trial._trial_id))
     return failed
 
