@@ -11,6 +11,7 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 # where dataclasses cannot resolve string annotations.
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ from ppo1.config import (
     exit_with_error,
     to_train_config,
 )
+from ppo1.sweep.faults import lost_service, stop_worker, stopped_by
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
 from ppo1.sweep.study import (
@@ -55,7 +57,7 @@ from ppo1.sweep.study import (
     value_settings,
 )
 from ppo1.tracking.redact import redact
-from ppo1.tracking.tracker import sigterm_as_interrupt
+from ppo1.tracking.tracker import StoreFailedError, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -161,7 +163,9 @@ class OptunaSweeper(Sweeper):
             # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
             record_settings(study, settings)
         shown = redact(spec)
-        print(f"study '{sweep.study_name}' in {shown}: {sweep.n_trials} trials in total", flush=True)
+        print(
+            f"study '{sweep.study_name}' in {shown}: {sweep.n_trials} trials in total", flush=True
+        )
         with sigterm_as_interrupt():
             try:
                 returns = self._optimize(study, sweep, space, spec, fixed, parent)
@@ -176,10 +180,17 @@ class OptunaSweeper(Sweeper):
                     file=sys.stderr,
                 )
                 sys.exit(130)
-            except BaseException:
+            except BaseException as err:
                 # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
-                _end_run(parent, "FAILED")
-                raise
+                line = stopped_by(err)  # a lost database or tracking server, or None
+                if line is None:
+                    _end_run(parent, "FAILED")
+                    raise
+                if not getattr(err, "tracking_lost", False):
+                    with suppress(Exception):  # the MLflow server's database may be the lost one
+                        _end_run(parent, "FAILED")
+                print(f"error: {line}", file=sys.stderr)
+                sys.exit(1)
         # The study run ends with the last sweep process working on it.
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             _end_run(parent, "FINISHED")
@@ -313,6 +324,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
     if isinstance(outcome, optuna.TrialPruned):
         reason = trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)
         return _told(study, trial, f"PRUNED, {reason}", state=TrialState.PRUNED)
+    if (lost := lost_service(outcome)) is not None:
+        # Every trial this worker started next would fail the same way and use up the study:
+        # it stops, and _optimize gives the trial back (not counted, its slot runs again).
+        trial.set_user_attr(FAIL_REASON_ATTR, lost)
+        raise stop_worker(trial.number, lost, isinstance(outcome, StoreFailedError))
     reason = f"{type(outcome).__name__}: {outcome}"
     return _told(study, trial, f"FAIL, {reason}", state=TrialState.FAIL, fail_reason=reason)
 

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from hydra.utils import instantiate
 from optuna.distributions import BaseDistribution
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -228,8 +228,9 @@ def heartbeat(trials: list[optuna.Trial], interval_s: float) -> Iterator[None]:
         while not stop.wait(interval_s):
             for trial in trials:
                 # Failed as stale by another process while this one was stopped (Ctrl-Z, a
-                # sleeping laptop): the sweeper drops its result when it tells it.
-                with suppress(UpdateFinishedTrialError):
+                # sleeping laptop): the sweeper drops its result when it tells it. A lost
+                # database: the job and the sweeper meet it too, and say so (sweep.faults).
+                with suppress(UpdateFinishedTrialError, StorageInternalError):
                     beat(trial)
 
     thread = threading.Thread(target=beat_all, name="ppo1-heartbeat", daemon=True)
