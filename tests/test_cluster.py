@@ -9,6 +9,7 @@ Chromium for the browser tests).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def cluster() -> Iterator[Cluster]:
             yield started
     finally:
         down(folder)
+        shutil.rmtree(folder)
 
 
 def worker_command(study: str, storage: str, *extra: str) -> list[str]:
@@ -131,17 +133,16 @@ def test_three_workers_on_one_postgres_study(cluster: Cluster, tmp_path: Path) -
     # The password reached no param, tag, artifact or output line; the URL still says whose.
     client = MlflowClient(cluster.tracking_uri)
     logged = [str(r.data.params) + str(r.data.tags) for rs in runs.values() for r in rs]
-    for run in [parent, *runs["trial"]]:
-        for artifact in client.list_artifacts(run.info.run_id) + client.list_artifacts(
-            run.info.run_id, "best"
-        ):
-            if not artifact.is_dir:
-                path = client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))
-                logged.append(Path(path).read_text(errors="replace"))
+    artifacts = []
+    for i, run in enumerate(r for rs in runs.values() for r in rs):
+        folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / str(i))))
+        artifacts += [f.read_text(errors="replace") for f in folder.rglob("*") if f.is_file()]
+    logged += artifacts
     logged += [text for pair in outputs for text in pair]
     assert not [text for text in logged if cluster.password in text]
     masked = cluster.database_url("optuna").replace("ppo1@", "ppo1:***@")
     assert any(r.data.params.get("sweep.storage") == masked for r in runs["trial"])
+    assert any(f"storage: {masked}" in text for text in artifacts)  # a seed run's config.yaml
 
 
 def test_a_worker_killed_mid_trial_leaves_its_slot_to_the_others(
@@ -158,7 +159,9 @@ def test_a_worker_killed_mid_trial_leaves_its_slot_to_the_others(
 
     def a_trial_run_training() -> bool:
         experiment = client.get_experiment_by_name("killed")
-        training[:] = experiment and client.search_runs(
+        if experiment is None:
+            return False
+        training[:] = client.search_runs(
             [experiment.experiment_id],
             "tags.`ppo1.role` = 'trial' and attributes.status = 'RUNNING'",
         )
@@ -295,6 +298,7 @@ def test_a_worker_that_loses_the_database_stops_with_one_line(tmp_path: Path) ->
     finally:
         worker.kill()
         down(folder)
+        shutil.rmtree(folder)
     line = one_error_line(subprocess.CompletedProcess([], worker.returncode, out, err), 1)
     assert line.startswith("error: the study's database failed: ")
     assert line.endswith(

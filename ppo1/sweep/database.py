@@ -14,7 +14,7 @@ import fcntl
 import functools
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError
@@ -96,15 +96,20 @@ def open_rdb(url: str) -> RDBStorage:
         raise ConfigError(f"sweep.storage {redact(url)!r} is not a database URL") from None
     shown = parsed.render_as_string(hide_password=True)
     try:
+        parsed.get_dialect()  # an unknown scheme raises here
         if parsed.get_backend_name() not in _DIALECTS:
-            raise NoSuchModuleError(parsed.get_backend_name())
-        with database_lock(url, _SCHEMA_KEY):
+            raise ConfigError(
+                f"sweep.storage {shown}: no study lock for database scheme "
+                f"{parsed.get_backend_name()!r}; use postgresql+psycopg://... (across machines) "
+                f"or sqlite:///path/optuna.db"
+            )
+        # SQLite serialises its writers itself; PostgreSQL's catalog does not.
+        postgres = parsed.get_backend_name() == "postgresql"
+        with database_lock(url, _SCHEMA_KEY) if postgres else nullcontext():
             return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except NoSuchModuleError:
-        problem = (
-            f"no study lock for database scheme {parsed.drivername!r}; use "
-            f"postgresql+psycopg://... (across machines) or sqlite:///path/optuna.db"
-        )
+        scheme = url.split("://", 1)[0]
+        problem = f"no database scheme {scheme!r}; e.g. sqlite:///path/optuna.db, postgresql+psycopg://..."
     except ImportError as err:
         # Optuna and SQLAlchemy hide which driver is missing in the chained error.
         missing = getattr(err.__cause__, "name", None) or getattr(err, "name", None) or "?"
@@ -113,6 +118,4 @@ def open_rdb(url: str) -> RDBStorage:
             problem += " (pip install 'ppo1[cluster]')"
     except SQLAlchemyError as err:
         problem = f"cannot use the database: {_problem(err)}"
-    except OSError as err:  # the SQLite lock file's folder is missing or read-only
-        problem = f"cannot use the database: {err.strerror}"
     raise ConfigError(f"sweep.storage {shown}: {problem}")
