@@ -22,10 +22,18 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
 
 from ppo1.sweep.cluster import Cluster, down, postgres_bindir, up
+from ppo1.sweep.database import lock_id, study_key
 from ppo1.sweep.pruning import KL_ATTR
-from ppo1.sweep.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, counted_trials, open_storage
+from ppo1.sweep.study import (
+    FAIL_REASON_ATTR,
+    INTERRUPTED_ATTR,
+    counted_trials,
+    open_storage,
+    study_lock,
+)
 from ppo1.tracking.writer import PID_TAG
 from tests.conftest import free_port, mlflow_serving, one_error_line, run_module, wait_until
 
@@ -188,6 +196,22 @@ def test_a_worker_killed_mid_trial_leaves_its_slot_to_the_others(
     assert stale[0].user_attrs[FAIL_REASON_ATTR].startswith("stale: no heartbeat")
     assert int(victim_run.data.tags["optuna.trial_number"]) == stale[0].number
     assert client.get_run(victim_run.info.run_id).info.status == "FAILED"
+
+
+def test_the_ask_lock_is_held_in_the_database_per_study(cluster: Cluster) -> None:
+    url = cluster.database_url("optuna")
+    other_worker = create_engine(url)  # a connection of its own, as another machine's
+
+    def free(study: str) -> bool:
+        probe = text(f"SELECT pg_try_advisory_xact_lock({lock_id(study_key(study))})")
+        with other_worker.connect() as connection, connection.begin():
+            return bool(connection.execute(probe).scalar())
+
+    with study_lock(url, "held"):
+        assert not free("held")
+        assert free("another")  # other studies in the database ask meanwhile
+    assert free("held")
+    other_worker.dispose()
 
 
 def test_an_unreachable_database_is_one_error_before_any_trial(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ def _start_postgres(cluster: Cluster) -> None:
     data.mkdir()
     _give_to_server_user(data)
     pwfile = folder / "pg-password"  # initdb's, read by the server user; gone after initdb
+    pwfile.touch(mode=0o600)
     pwfile.write_text(cluster.password + "\n")
     _give_to_server_user(pwfile)
     initdb = [str(bindir / "initdb"), "-D", str(data), "-U", USER, "-A", "scram-sha-256"]
@@ -206,8 +207,8 @@ def up(folder: Path) -> Cluster:
         raise RuntimeError(f"{folder} holds a cluster already: stop it first (down {folder})")
     folder.chmod(0o755)  # the server user reaches its data folder through it
     cluster = Cluster(folder, _free_port(), _free_port(), secrets.token_urlsafe(18))
+    cluster.pgpass.touch(mode=0o600)  # libpq ignores a password file others may read
     cluster.pgpass.write_text(f"{_HOST}:{cluster.pg_port}:*:{USER}:{cluster.password}\n")
-    cluster.pgpass.chmod(0o600)  # libpq ignores a password file others may read
     try:
         _start_postgres(cluster)
         _start_mlflow(cluster)

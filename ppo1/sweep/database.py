@@ -49,7 +49,7 @@ def _lock_engine(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool, **_engine_kwargs(url))
 
 
-def _lock_id(key: str) -> int:
+def lock_id(key: str) -> int:
     """A signed 64-bit advisory-lock id from a name (pg_advisory_xact_lock takes a bigint)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
 
@@ -70,7 +70,7 @@ def database_lock(url: str, key: str) -> Iterator[None]:
             yield
         return
     with _lock_engine(url).connect() as connection, connection.begin():
-        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(key)})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(key)})
         yield
 
 
