@@ -23,6 +23,7 @@ from ppo1.sweep.parent_run import find_study_run
 from ppo1.sweep.search_space import search_space
 from ppo1.sweep.study import open_storage, storage_exists, storage_spec
 from ppo1.sweep.study_report import report_study
+from ppo1.tracking.redact import redact
 from ppo1.tracking.tracker import tracking_uri
 
 register_configs()
@@ -34,7 +35,7 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.sweep is None:
         exit_with_error("name the sweep: python -m ppo1.sweep_report sweep=NAME")
     spec = storage_spec(cfg.sweep)
-    missing = f"no study '{cfg.sweep.study_name}' in {spec}"
+    missing = f"no study '{cfg.sweep.study_name}' in {redact(spec)}"
     if not storage_exists(spec):
         exit_with_error(missing)
     try:
