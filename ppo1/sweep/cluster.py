@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ class Cluster:
     folder: Path
     pg_port: int
     mlflow_port: int
-    password: str  # for tests that look for it where it must not be
+    password: str = field(repr=False)  # for tests that look for it where it must not be
 
     @property
     def pgpass(self) -> Path:
@@ -226,7 +226,7 @@ def _stop(pid_file: Path, signum: signal.Signals, group: bool) -> None:
         return
     pid = int(pid_file.read_text())
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum) if group else os.kill(pid, signum)
+        (os.killpg if group else os.kill)(pid, signum)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             os.kill(pid, 0)  # raises ProcessLookupError once it is gone

@@ -55,6 +55,15 @@ def lock_id(key: str) -> int:
 
 
 @contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive lock on `path`.ask.lock for processes on one machine (a journal file's or
+    an SQLite database's); released when the file closes, however the process ends."""
+    with open(f"{path}.ask.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
 def database_lock(url: str, key: str) -> Iterator[None]:
     """Hold the lock named `key` in the database at `url` while the block runs."""
     from sqlalchemy import text
@@ -65,8 +74,7 @@ def database_lock(url: str, key: str) -> Iterator[None]:
         if not database or database == ":memory:":
             yield  # a database of this process alone
             return
-        with open(f"{database}.ask.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        with file_lock(database):
             yield
         return
     with _lock_engine(url).connect() as connection, connection.begin():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import threading
 import time
@@ -21,7 +20,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_plain_dict
-from ppo1.sweep.database import database_lock, open_rdb, study_key
+from ppo1.sweep.database import database_lock, file_lock, open_rdb, study_key
 from ppo1.tracking.tracker import flatten, project_root
 
 # Trial user attrs the sweeper writes for its jobs and for resuming.
@@ -82,12 +81,8 @@ def study_lock(spec: str, study_name: str) -> Iterator[None]:
         with database_lock(spec, study_key(study_name)):
             yield
         return
-    with open(f"{spec}.ask.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(spec):
+        yield
 
 
 class TrialSeededSampler(BaseSampler):
