@@ -147,6 +147,7 @@ def test_three_workers_on_one_postgres_study(cluster: Cluster, tmp_path: Path) -
         artifacts += [f.read_text(errors="replace") for f in folder.rglob("*") if f.is_file()]
     logged += artifacts
     logged += [text for pair in outputs for text in pair]
+    logged += [str(t.user_attrs) for t in study.trials]  # the trained configs, as stored
     assert not [text for text in logged if cluster.password in text]
     masked = cluster.database_url("optuna").replace("ppo1@", "ppo1:***@")
     assert any(r.data.params.get("sweep.storage") == masked for r in runs["trial"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ppo1.tracking.redact import redact, without_password
+from ppo1.tracking.redact import redact, redact_tree, without_password
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,14 @@ def test_every_url_in_a_command_line_is_masked() -> None:
     assert redact(command) == (
         "python -m ppo1.train -m sweep.storage=postgresql://u:***@h/db tracking.uri=http://a:***@h"
     )
+
+
+def test_a_config_tree_is_masked_leaf_by_leaf() -> None:
+    tree = {
+        "sweep": {"storage": "postgresql://u:p@h/db", "n_trials": 4},
+        "hidden": ["http://a:b@h"],
+    }
+    assert redact_tree(tree) == {
+        "sweep": {"storage": "postgresql://u:***@h/db", "n_trials": 4},
+        "hidden": ["http://a:***@h"],
+    }

@@ -199,12 +199,15 @@ def _start_mlflow(cluster: Cluster) -> None:
 
 
 def up(folder: Path) -> Cluster:
-    """Start PostgreSQL and an MLflow server in `folder` (created; it must not hold a cluster
-    already); write DIR/cluster.env. Whatever started is stopped again if the rest fails."""
+    """Start PostgreSQL and an MLflow server in `folder` (created; it must not hold a running
+    cluster), with empty databases; write DIR/cluster.env. Whatever started is stopped again if
+    the rest fails."""
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    if any((folder / name).exists() for name in ("pg", "postgres.pid", "mlflow.pid")):
-        raise RuntimeError(f"{folder} holds a cluster already: stop it first (down {folder})")
+    if any((folder / name).exists() for name in ("postgres.pid", "mlflow.pid")):
+        raise RuntimeError(f"{folder} holds a running cluster: stop it first (down {folder})")
+    for stale in ("pg", "artifacts"):  # a stopped cluster's: each up starts afresh
+        shutil.rmtree(folder / stale, ignore_errors=True)
     folder.chmod(0o755)  # the server user reaches its data folder through it
     cluster = Cluster(folder, _free_port(), _free_port(), secrets.token_urlsafe(18))
     cluster.pgpass.touch(mode=0o600)  # libpq ignores a password file others may read

@@ -15,6 +15,7 @@ from ppo1.core.update import NonFiniteLossError
 from ppo1.sweep.objectives import objective_value
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
 from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
+from ppo1.tracking.redact import redact_tree
 from ppo1.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ def run_trial(cfg: TrainConfig, train: TrainFn) -> float:
     )
     trial = find_trial(study, storage, sweep.trial)
     plain = to_plain_dict(cfg)
-    trial.set_user_attr(CONFIG_ATTR, plain)
+    # What the best trial's re-run command is made from; anyone reading the study sees it.
+    trial.set_user_attr(CONFIG_ATTR, redact_tree(plain))
     parent_run_id = trial.user_attrs.get(PARENT_RUN_ATTR)
     tags = trial_tags(sweep, trial.number, parent_run_id)
     with Tracker(cfg.tracking, plain, tags) as trial_run:

@@ -10,6 +10,7 @@ password in the URL at all, libpq reads it from PGPASSWORD or a ~/.pgpass file t
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # The userinfo of any URL: scheme, user, `:`, then the password up to the `@` before the host.
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s:/@]*):[^\s@]+@")
@@ -26,3 +27,12 @@ def without_password(url: str) -> str:
     """A URL as a label: the same for every worker however it passes the password (in the URL,
     PGPASSWORD or ~/.pgpass), and safe to show."""
     return _USERINFO.sub(r"\g<scheme>\g<user>@", url)
+
+
+def redact_tree(tree: Any) -> Any:
+    """A config (nested dicts and lists) with every string redacted."""
+    if isinstance(tree, dict):
+        return {key: redact_tree(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [redact_tree(value) for value in tree]
+    return redact(tree) if isinstance(tree, str) else tree
