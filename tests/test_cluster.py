@@ -9,6 +9,7 @@ Chromium for the browser tests).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -331,3 +333,18 @@ def test_a_worker_that_loses_the_database_stops_with_one_line(tmp_path: Path) ->
         "heartbeat is older than sweep.grace_s"
     )
     assert own.password not in out + err
+
+
+def test_the_slurm_example_of_the_docs_composes(tmp_path: Path) -> None:
+    # Without SLURM, what can be checked: every key of docs/cluster.md's command exists in
+    # submitit_slurm's config, with the value the docs give it.
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
+    (block,) = [b for b in docs.split("```bash\n") if "hydra/launcher=submitit_slurm" in b]
+    command = shlex.split(block.split("```")[0].replace("\\\n", " "))
+    assert command[:5] == ["python", "-m", "ppo1.train", "-m", "sweep=clip_epochs_lr"]
+    done = run_module("ppo1.train", *command[4:], "--cfg", "hydra")
+    assert done.returncode == 0, done.stderr
+    launcher = yaml.safe_load(done.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher["partition"], launcher["array_parallelism"]) == ("cpu", 16)
+    assert launcher["setup"][1] == "export MLFLOW_TRACKING_URI=http://db:5000"
