@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 BENCH := $(VENV)/.installed-bench
+CLUSTER := $(VENV)/.installed-cluster
 
-.PHONY: install train test lint bench ui
+.PHONY: install train test lint bench ui postgres-server cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -16,9 +17,10 @@ $(PY):
 
 # pip install -e '.$(EXTRAS)', then the stamp; any extras install the runtime dependencies too.
 $(RUNTIME): EXTRAS :=
-$(DEV): EXTRAS := [dev,bench]
+$(DEV): EXTRAS := [dev,bench,cluster]
 $(BENCH): EXTRAS := [bench]
-$(RUNTIME) $(DEV) $(BENCH): pyproject.toml | $(PY)
+$(CLUSTER): EXTRAS := [cluster]
+$(RUNTIME) $(DEV) $(BENCH) $(CLUSTER): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.$(EXTRAS)'
 	touch $(sort $@ $(RUNTIME))
 
@@ -42,12 +44,25 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
-test: lint $(CHROMIUM)
+# The cluster tests and `make cluster-up` start Debian's PostgreSQL server (not on PATH there).
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+test: lint $(CHROMIUM) postgres-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # make bench ARGS="env=pendulum --repeats 2"
 bench: $(BENCH)
 	$(PY) -m benchmarks.bench $(ARGS)
+
+# A local PostgreSQL + MLflow server on 127.0.0.1 under .cluster/ for multi-worker sweeps
+# (docs/cluster.md); cluster-down stops both by pid.
+cluster-up: $(CLUSTER) postgres-server
+	$(PY) -m ppo1.sweep.cluster up .cluster
+
+cluster-down:
+	$(PY) -m ppo1.sweep.cluster down .cluster
 
 ui: $(RUNTIME)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -18,10 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.budget import Budget, Solved, SolveWatch
-from ppo1.config import (
-    TrackingConfig,
-    TrainConfig,
-)
+from ppo1.config import TrackingConfig, TrainConfig
 from ppo1.core.backends import ppo_update
 from ppo1.core.checkpoint import build_agent
 from ppo1.core.envs import make_vector_env

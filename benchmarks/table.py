@@ -10,10 +10,7 @@ from typing import Any
 import torch
 
 from benchmarks.budget import Row
-from ppo1.config import (
-    TrackingConfig,
-    TrainConfig,
-)
+from ppo1.config import TrackingConfig, TrainConfig
 from ppo1.tracking.tracker import Tracker
 
 

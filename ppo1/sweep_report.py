@@ -19,6 +19,7 @@ from ppo1.sweep.study import open_storage, storage_exists, storage_spec
 from ppo1.sweep.study_report import report_study
 from ppo1.tracking.store import tracking_uri
 from ppo1.utils.cli import exit_with_error
+from ppo1.utils.redact import redact
 
 register_configs()
 
@@ -29,7 +30,7 @@ def main(dict_cfg: DictConfig) -> None:
     if cfg.sweep is None:
         exit_with_error("name the sweep: python -m ppo1.sweep_report sweep=NAME")
     spec = storage_spec(cfg.sweep)
-    missing = f"no study '{cfg.sweep.study_name}' in {spec}"
+    missing = f"no study '{cfg.sweep.study_name}' in {redact(spec)}"
     if not storage_exists(spec):
         exit_with_error(missing)
     try:

@@ -247,9 +247,14 @@ def sweep_exits(args: list[str], env: dict[str, str] | None = None) -> str:
     [
         ("foo://bar", "sweep.storage foo://bar: no database scheme 'foo'"),
         (
-            "postgresql://me:secret@localhost/db",
-            "sweep.storage postgresql://me:***@localhost/db: its database driver, the Python "
-            "module 'psycopg', is not installed",
+            "postgresql+pg8000://me:secret@localhost/db",
+            "sweep.storage postgresql+pg8000://me:***@localhost/db: its database driver, the "
+            "Python module 'pg8000', is not installed",
+        ),
+        (
+            "mysql://me:secret@localhost/db",
+            "sweep.storage mysql://me:***@localhost/db: no study lock for database scheme "
+            "'mysql'; use postgresql+psycopg://... (across machines) or sqlite:///path/optuna.db",
         ),
     ],
 )

@@ -11,6 +11,7 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 # where dataclasses cannot resolve string annotations.
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
+from ppo1.sweep.faults import lost_service, stop_worker, stopped_by
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
 from ppo1.sweep.study import (
@@ -47,7 +49,9 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
+from ppo1.tracking.store import StoreFailedError
 from ppo1.utils.cli import exit_with_error
+from ppo1.utils.redact import redact
 from ppo1.utils.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -142,7 +146,7 @@ class OptunaSweeper(Sweeper):
             study = create_study(sweep, open_storage(spec))
         except ConfigError as err:
             exit_with_error(f"invalid sweep: {err}")
-        with study_lock(spec):
+        with study_lock(spec, sweep.study_name):
             settings = value_settings(job_cfg, space)
             if mismatch := settings_mismatch(study, settings):
                 exit_with_error(mismatch)
@@ -153,7 +157,10 @@ class OptunaSweeper(Sweeper):
             # Only now that a trial can start: settings recorded by a command that could not
             # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
             record_settings(study, settings)
-        print(f"study '{sweep.study_name}' in {spec}: {sweep.n_trials} trials in total", flush=True)
+        shown = redact(spec)
+        print(
+            f"study '{sweep.study_name}' in {shown}: {sweep.n_trials} trials in total", flush=True
+        )
         with sigterm_as_interrupt():
             try:
                 returns = self._optimize(study, sweep, space, spec, fixed, parent)
@@ -168,10 +175,17 @@ class OptunaSweeper(Sweeper):
                     file=sys.stderr,
                 )
                 sys.exit(130)
-            except BaseException:
+            except BaseException as err:
                 # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
-                _end_run(parent, "FAILED")
-                raise
+                line = stopped_by(err)  # a lost database or tracking server, or None
+                if line is None:
+                    _end_run(parent, "FAILED")
+                    raise
+                if not getattr(err, "tracking_lost", False):
+                    with suppress(Exception):  # the MLflow server's database may be the lost one
+                        _end_run(parent, "FAILED")
+                print(f"error: {line}", file=sys.stderr)
+                sys.exit(1)
         # The study run ends with the last sweep process working on it.
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             _end_run(parent, "FINISHED")
@@ -226,7 +240,7 @@ class OptunaSweeper(Sweeper):
     ) -> list[optuna.Trial]:
         """The next batch: up to n_jobs trials, never past n_trials counting every process's,
         once stale trials have been failed to free their slots."""
-        with study_lock(spec):
+        with study_lock(spec, sweep.study_name):
             _fail_stale(study, sweep.grace_s, parent)
             count = min(sweep.n_jobs, sweep.n_trials - counted_trials(study))
             trials = [study.ask(space) for _ in range(max(count, 0))]
@@ -305,6 +319,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
     if isinstance(outcome, optuna.TrialPruned):
         reason = trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)
         return _told(study, trial, f"PRUNED, {reason}", state=TrialState.PRUNED)
+    if (lost := lost_service(outcome)) is not None:
+        # Every trial this worker started next would fail the same way and use up the study:
+        # it stops, and _optimize gives the trial back (not counted, its slot runs again).
+        trial.set_user_attr(FAIL_REASON_ATTR, lost)
+        raise stop_worker(trial.number, lost, isinstance(outcome, StoreFailedError))
     reason = f"{type(outcome).__name__}: {outcome}"
     return _told(study, trial, f"FAIL, {reason}", state=TrialState.FAIL, fail_reason=reason)
 

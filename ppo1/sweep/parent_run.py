@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 from ppo1.config import SweepConfig, TrackingConfig
 from ppo1.tracking.ops import get_or_create_experiment
 from ppo1.tracking.store import open_client, tracking_uri
+from ppo1.utils.redact import without_password
 
 
 def _filter(tags: dict[str, str]) -> str:
@@ -26,7 +27,7 @@ def _find(client: MlflowClient, experiment_id: str, sweep: SweepConfig, storage:
     for run in client.search_runs(
         [experiment_id], _filter(_study_tags(sweep)), order_by=["attributes.start_time ASC"]
     ):
-        if run.data.tags.get("optuna.storage") == storage:
+        if run.data.tags.get("optuna.storage") == without_password(storage):
             return str(run.info.run_id)
     return None
 
@@ -60,7 +61,7 @@ def open_study_run(
     if run_id := _find(client, experiment_id, sweep, storage):
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return client, run_id
-    tags = {**_study_tags(sweep), "optuna.storage": storage}
+    tags = {**_study_tags(sweep), "optuna.storage": without_password(storage)}
     run = client.create_run(experiment_id, run_name=f"{sweep.study_name}-study", tags=tags)
     return client, run.info.run_id
 

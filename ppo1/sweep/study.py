@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import threading
 import time
@@ -14,13 +13,14 @@ from typing import Any
 import optuna
 from hydra.utils import instantiate
 from optuna.distributions import BaseDistribution
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_plain_dict
+from ppo1.sweep.database import database_lock, file_lock, open_rdb, study_key
 from ppo1.utils.params import flatten
 from ppo1.utils.paths import project_root
 
@@ -48,35 +48,12 @@ def _is_url(spec: str) -> bool:
     return "://" in spec
 
 
-def _open_rdb(url: str) -> RDBStorage:
-    """RDBStorage(url), or one ConfigError naming the bad scheme or the missing driver."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        raise ConfigError(f"sweep.storage {url!r} is not a database URL") from None
-    try:
-        return RDBStorage(url)
-    except NoSuchModuleError:
-        scheme = url.split("://", 1)[0]
-        problem = f"no database scheme {scheme!r}; e.g. sqlite:///path/optuna.db, postgresql+psycopg://..."
-    except ImportError as err:
-        # Optuna hides which driver is missing in the chained ModuleNotFoundError.
-        missing = getattr(err.__cause__, "name", None) or "?"
-        problem = f"its database driver, the Python module {missing!r}, is not installed"
-    except SQLAlchemyError as err:
-        problem = " ".join(str(err.orig if hasattr(err, "orig") else err).split())
-    raise ConfigError(f"sweep.storage {shown}: {problem}")
-
-
 def open_storage(spec: str) -> BaseStorage:
     """An RDB URL, or a journal file path: Optuna's multi-process store on one machine.
 
     A store that cannot be opened or written raises one ConfigError, before any trial."""
     if _is_url(spec):
-        return _open_rdb(spec)
+        return open_rdb(spec)
     path = Path(spec)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,21 +72,18 @@ def storage_exists(spec: str) -> bool:
 
 
 @contextmanager
-def study_lock(spec: str) -> Iterator[None]:
-    """Serialise count-then-ask across sweep processes sharing a journal file.
+def study_lock(spec: str, study_name: str) -> Iterator[None]:
+    """Serialise count-then-ask across sweep processes sharing the study's storage.
 
-    Without it two processes could both see one trial left and both ask it. RDB storages get
-    no lock: there, concurrent sweeps may overshoot n_trials by up to n_jobs per process.
+    Without it two processes could both see one trial left and both ask it. A database locks
+    the study itself (ppo1.sweep.database); a journal file gets a lock file beside it.
     """
     if _is_url(spec):
-        yield
-        return
-    with open(f"{spec}.ask.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
+        with database_lock(spec, study_key(study_name)):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    with file_lock(spec):
+        yield
 
 
 class TrialSeededSampler(BaseSampler):
@@ -250,8 +224,9 @@ def heartbeat(trials: list[optuna.Trial], interval_s: float) -> Iterator[None]:
         while not stop.wait(interval_s):
             for trial in trials:
                 # Failed as stale by another process while this one was stopped (Ctrl-Z, a
-                # sleeping laptop): the sweeper drops its result when it tells it.
-                with suppress(UpdateFinishedTrialError):
+                # sleeping laptop): the sweeper drops its result when it tells it. A lost
+                # database: the job and the sweeper meet it too, and say so (sweep.faults).
+                with suppress(UpdateFinishedTrialError, StorageInternalError):
                     beat(trial)
 
     thread = threading.Thread(target=beat_all, name="ppo1-heartbeat", daemon=True)
@@ -289,7 +264,7 @@ def fail_stale_trials(study: optuna.Study, grace_s: float) -> list[FrozenTrial]:
             storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
-            continue  # it ended meanwhile (an RDB storage has no study lock)
+            continue  # it ended meanwhile: its own process told it, unlocked
         failed.append(storage.get_trial(trial._trial_id))
     return failed
 

@@ -20,6 +20,7 @@ from ppo1.report.pages import html_page
 from ppo1.sweep.search_space import overrides
 from ppo1.sweep.study import CONFIG_ATTR
 from ppo1.tracking.urls import ui_lines
+from ppo1.utils.redact import redact
 
 # Overrides -> the config a job of the sweep gets, without its `hydra` node.
 ComposeJob = Callable[[list[str]], DictConfig]
@@ -155,7 +156,8 @@ def report_study(
     best_cfg = command = None
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best_cfg = best_config(study, compose_job, sweep_overrides)
-        command = rerun_command(best_cfg, _plain(compose_job([])))
+        # Printed and logged: a password in a URL (tracking.uri) stays out of both.
+        command = redact(rerun_command(best_cfg, _plain(compose_job([]))))
         print(f"best trial {study.best_trial.number}: {study.best_value:.2f}", flush=True)
         print(f"re-run it: {command}", flush=True)
     else:
@@ -171,7 +173,7 @@ def report_study(
         trained = {key: value for key, value in best_cfg.items() if key != "sweep"}
         client.log_text(run_id, json.dumps(summary, indent=2), "best/summary.json")
         client.log_text(run_id, command + "\n", "best/command.txt")
-        client.log_text(run_id, OmegaConf.to_yaml(trained), "best/config.yaml")
+        client.log_text(run_id, redact(OmegaConf.to_yaml(trained)), "best/config.yaml")
         client.set_tag(run_id, "optuna.best_trial", str(summary["best_trial"]))
         client.log_metric(run_id, "best_value", study.best_value)
     print(f"MLflow run {run_id} of the study: figures in optuna/report.html", flush=True)

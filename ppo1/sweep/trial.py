@@ -16,6 +16,7 @@ from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_stor
 from ppo1.tracked import train
 from ppo1.tracking.names import sweep_run_name
 from ppo1.tracking.tracker import Tracker
+from ppo1.utils.redact import redact_tree
 
 
 def trial_tags(sweep: SweepConfig, number: int, parent_run_id: str | None) -> dict[str, str]:
@@ -62,7 +63,8 @@ def run_trial(cfg: TrainConfig) -> float:
     )
     trial = find_trial(study, storage, sweep.trial)
     plain = to_plain_dict(cfg)
-    trial.set_user_attr(CONFIG_ATTR, plain)
+    # What the best trial's re-run command is made from; anyone reading the study sees it.
+    trial.set_user_attr(CONFIG_ATTR, redact_tree(plain))
     parent_run_id = trial.user_attrs.get(PARENT_RUN_ATTR)
     tags = trial_tags(sweep, trial.number, parent_run_id)
     named = dataclasses.replace(

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ppo1.utils.redact import redact
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -154,27 +156,31 @@ def create_run(
     """
     experiment_id = get_or_create_experiment(client, experiment)
     end_dead_runs(client, experiment_id)
-    run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=run_name)
+    shown = {key: redact(value) for key, value in tags.items()}
+    run = client.create_run(experiment_id, start_time=start_ms, tags=shown, run_name=run_name)
     return run.info.run_id, run.info.run_name, experiment_id
 
 
 def apply(client: MlflowClient, run_id: str, op: Op) -> None:
-    """One operation on the run, with as few store round trips as MLflow allows."""
+    """One operation on the run, with as few store round trips as MLflow allows; passwords in
+    the values and texts are masked (ppo1.utils.redact)."""
     from mlflow.entities import Metric, Param, RunTag
 
     match op:
         case ("params", dict(params)):
-            for some in batches([Param(k, v) for k, v in params.items()], MAX_PARAMS_PER_BATCH):
+            for some in batches(
+                [Param(k, redact(v)) for k, v in params.items()], MAX_PARAMS_PER_BATCH
+            ):
                 client.log_batch(run_id, params=some)
         case ("metrics", list(rows)):
             for chunk in batches([Metric(*row) for row in rows], MAX_METRICS_PER_BATCH):
                 client.log_batch(run_id, metrics=chunk)
         case ("tags", dict(tags)):
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            client.log_batch(run_id, tags=[RunTag(k, redact(v)) for k, v in tags.items()])
         case ("artifact", str(path), folder):
             client.log_artifact(run_id, path, folder)
         case ("text", str(text), str(file)):
-            client.log_text(run_id, text, file)
+            client.log_text(run_id, redact(text), file)
         case ("terminate", str(status)):
             client.set_terminated(run_id, status)
         case ("reopen",):

@@ -13,6 +13,7 @@ from ppo1.config import ConfigError, TrackingConfig
 from ppo1.tracking.ops import artifact_folder, quiet_mlflow
 from ppo1.utils.cli import one_line
 from ppo1.utils.paths import project_root
+from ppo1.utils.redact import redact
 
 if TYPE_CHECKING:
     # Imported where used instead: `import mlflow` takes ~2 s, which untracked runs skip.
@@ -111,12 +112,13 @@ def store_problem(uri: str) -> str | None:
 
 
 def store_error(uri: str, problem: str) -> ConfigError:
-    """The bad-input error for a store, naming where its URI came from."""
+    """The bad-input error for a store, naming where its URI came from (its password masked)."""
+    shown, problem = redact(uri), redact(problem)
     if uri == os.environ.get("MLFLOW_TRACKING_URI"):
-        return ConfigError(f"$MLFLOW_TRACKING_URI {uri!r}: {problem}")
+        return ConfigError(f"$MLFLOW_TRACKING_URI {shown!r}: {problem}")
     if uri == default_tracking_uri():
-        return ConfigError(f"the default store {uri!r}: {problem}; set tracking.uri to another")
-    return ConfigError(f"tracking.uri {uri!r}: {problem}")
+        return ConfigError(f"the default store {shown!r}: {problem}; set tracking.uri to another")
+    return ConfigError(f"tracking.uri {shown!r}: {problem}")
 
 
 def connect(uri: str) -> MlflowClient | str:
