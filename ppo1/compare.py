@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-
-import plotly.graph_objects as go
+from typing import TYPE_CHECKING
 
 from ppo1.config import NOT_LEARNING
-from ppo1.report.pages import html_page, out_error
-from ppo1.report.plots import Curves, compare_figure, params_table_figure
-from ppo1.report.runs import RunData, add_store_argument, load_run, open_store, resolve_runs
+from ppo1.tracking.store import add_store_argument
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from ppo1.report.plots import Curves
+    from ppo1.report.runs import RunData
 
 
 def config_of(params: dict[str, str]) -> dict[str, str]:
@@ -35,6 +38,8 @@ def group_by_config(runs: Sequence[RunData]) -> dict[str, list[Curves]]:
 
 
 def compare_figures(runs: Sequence[RunData]) -> dict[str, go.Figure]:
+    from ppo1.report.plots import compare_figure, params_table_figure
+
     return {
         "curves": compare_figure(group_by_config(runs)),
         "params": params_table_figure({r.label: r.params for r in runs}),
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("compare.html"))
     add_store_argument(parser)
     args = parser.parse_args(argv)
+    # Imported once the arguments are parsed: `--help` answers without torch and MLflow.
+    from ppo1.report.pages import html_page, out_error
+    from ppo1.report.runs import load_run, open_store, resolve_runs
+
     client = open_store(args.tracking_uri)
     runs = [load_run(client, run) for run in resolve_runs(client, args.targets, args.filter)]
     page = html_page(f"ppo1: {len(runs)} runs compared", compare_figures(runs))

@@ -16,11 +16,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from ppo1.utils.cli import exit_with_error
+from ppo1.utils.cli import UNKNOWN_KEYS, exit_with_error, unknown_key
 
 
 class ConfigError(ValueError):
@@ -101,10 +100,21 @@ class EnvConfig:
                 ),
             ]
         )
-        if self.id not in gym.registry:
-            close = difflib.get_close_matches(self.id, list(gym.registry), n=5, cutoff=0.5)
-            hint = f"did you mean one of {close}?" if close else "see gymnasium.pprint_registry()"
-            raise ConfigError(f"env.id {self.id!r} is not a registered Gymnasium env; {hint}")
+
+
+def unregistered_env(env_id: str) -> str | None:
+    """Why `env.id` names no Gymnasium env, with the nearest ids; None if it names one.
+
+    Gymnasium is imported here, once a config is built, not at the top: `--help`, `--cfg job`
+    and TAB completion only compose configs, and should not wait for it (tests/test_startup.py).
+    """
+    import gymnasium as gym
+
+    if env_id in gym.registry:
+        return None
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
+    hint = f"did you mean one of {close}?" if close else "see gymnasium.pprint_registry()"
+    return f"env.id {env_id!r} is not a registered Gymnasium env; {hint}"
 
 
 @dataclass
@@ -407,6 +417,11 @@ class TrainConfig:
                 ),
             ]
         )
+        # Not in EnvConfig: registering the schema builds an EnvConfig (its default), and
+        # registering is all that `--help` does.
+        unregistered = unregistered_env(self.env.id)
+        if unregistered is not None:
+            raise ConfigError(unregistered)
 
 
 # conf/ by absolute path: Hydra resolves a relative config_path against the module's package
@@ -453,14 +468,7 @@ def schema_problems(cfg: DictConfig) -> list[tuple[bool, str]]:
     is checked for finiteness here, before them.
     """
     leaves = list(_leaves(cfg))
-    unknown = []
-    for leaf in leaves:
-        if not leaf.known:
-            parent, dot, key = leaf.path.rpartition(".")
-            close = difflib.get_close_matches(key, leaf.siblings, n=1)
-            unknown.append(
-                f"{leaf.path} (did you mean {parent}{dot}{close[0]}?)" if close else leaf.path
-            )
+    unknown = [unknown_key(leaf.path, leaf.siblings) for leaf in leaves if not leaf.known]
     non_finite = [
         f"{leaf.path}={leaf.value}"
         for leaf in leaves
@@ -469,7 +477,7 @@ def schema_problems(cfg: DictConfig) -> list[tuple[bool, str]]:
     return [
         (
             bool(unknown),
-            f"unknown key(s), not in the schema (ppo1/config.py): {', '.join(unknown)}",
+            f"{UNKNOWN_KEYS}: {', '.join(unknown)}",
         ),
         (bool(non_finite), f"{', '.join(non_finite)}: settings must be finite numbers"),
     ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import tempfile
 import urllib.error
 import urllib.request
@@ -110,6 +112,15 @@ def store_problem(uri: str) -> str | None:
     return _server_problem(uri) if is_server(uri) else _sqlite_problem(uri)
 
 
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """The commands' `--tracking-uri`."""
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db)",
+    )
+
+
 def store_error(uri: str, problem: str) -> ConfigError:
     """The bad-input error for a store, naming where its URI came from."""
     if uri == os.environ.get("MLFLOW_TRACKING_URI"):
@@ -159,3 +170,17 @@ def store_failed(uri: str, cause: str) -> StoreFailedError:
         if problem is not None:
             return StoreFailedError(f"the tracking server at {uri} stopped answering: {problem}")
     return StoreFailedError(f"the tracking store {uri} failed: {cause}")
+
+
+def run_hint(tracking: TrackingConfig, run_id: str) -> list[str]:
+    """Where a run is and how to open it: the closing summary's lines, and the first ones a
+    run prints on a terminal (ppo1.report.progress)."""
+    uri = tracking_uri(tracking)
+    return [
+        f"MLflow run {run_id} in experiment '{tracking.experiment}' ({uri})",
+        f"open it: {uri}"
+        # A server has its UI at its own address; `mlflow ui` opens stores, not servers.
+        if is_server(uri)
+        else f"open it: mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 "
+        "--port 5000 --workers 1",
+    ]
