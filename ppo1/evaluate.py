@@ -20,13 +20,13 @@ def positive_int(text: str) -> int:
 
 def checkpoint_path(target: str, uri: str | None, tmp: str) -> Path:
     """`target` if it is a file, else the policy.pt of the MLflow run with that id."""
-    from mlflow.exceptions import MlflowException
-
     from ppo1.core.checkpoint import CheckpointError
 
     path = Path(target)
     if path.is_file():
         return path
+    from mlflow.exceptions import MlflowException  # ~2 s: only to read a run
+
     client = open_client(tracking_uri(TrackingConfig(uri=uri)))
     try:
         client.get_run(target)
