@@ -371,8 +371,12 @@ class TrainConfig:
     total_timesteps: int = 100_000
     # One thread is fastest for these small MLPs here, and far steadier than two.
     torch_threads: int = 1
-    # Print one progress line per update.
-    verbose: bool = True
+    # Print a line after every update, instead of the progress bar (on a terminal) or a
+    # line every `log_every` updates (elsewhere: CI, logs, sweeps' jobs).
+    verbose: bool = False
+    # Without `verbose` and off a terminal: a progress line every this many updates (and
+    # after the last); 0: no progress output. The default run (391 updates) prints 16.
+    log_every: int = 25
     save_model: bool = True
     # Write a resumable checkpoint every this many updates (and on Ctrl-C/SIGTERM and at the
     # end); 0: only on Ctrl-C/SIGTERM and at the end. See docs/resume.md.
@@ -403,6 +407,7 @@ class TrainConfig:
                     f"total_timesteps must be >= 1, got {self.total_timesteps}",
                 ),
                 (self.torch_threads < 1, f"torch_threads must be >= 1, got {self.torch_threads}"),
+                (self.log_every < 0, f"log_every must be >= 0, got {self.log_every}"),
                 (
                     self.checkpoint_every < 0,
                     f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
@@ -506,6 +511,7 @@ NOT_LEARNING = (
     "seed",
     "tracking.",
     "verbose",
+    "log_every",
     "save_model",
     "torch_threads",
     "checkpoint_every",

@@ -99,8 +99,7 @@ def main(dict_cfg: DictConfig) -> float:
         said = notes(err)
         print(f"interrupted: {'; '.join(said)}" if said else "interrupted", file=sys.stderr)
         sys.exit(130)
-    if cfg.verbose:
-        print(summary(cfg, result))
+    print(summary(cfg, result))
     return result.final_eval
 
 
