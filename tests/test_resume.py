@@ -17,11 +17,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ppo1.config import TrackingConfig, TrainConfig
-from ppo1.core.checkpoint import load_checkpoint
+from ppo1.core.checkpoint import POLICY_FILE, RESUME_FILE, load_checkpoint
 from ppo1.core.fast.optim import FlatAdam
 from ppo1.report.runs import load_run
 from ppo1.tracked import train
-from ppo1.tracking.resume import CHECKPOINT_TAG, POLICY_FILE, RESUME_FILE, prepare_resume
+from ppo1.tracking.resume import CHECKPOINT_TAG, prepare_resume
 from ppo1.tracking.tracker import Tracker
 from ppo1.tracking.writer import DIED, PID_START_TAG, PID_TAG
 from ppo1.utils.paths import usable_cpus
