@@ -55,6 +55,7 @@ def bench_config(cfg: TrainConfig, seed: int, timesteps: int, eval_every: int) -
         eval=replace(cfg.eval, every=eval_every),
         tracking=replace(cfg.tracking, enabled=False),
         verbose=False,
+        log_every=0,
         save_model=False,
     )
 

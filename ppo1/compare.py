@@ -14,10 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ppo1.report.compare import compare_figures, log_page
-from ppo1.report.pages import html_page, out_error
-from ppo1.report.runs import add_store_argument, load_run, open_store, resolve_runs
-from ppo1.tracking.urls import runs_table_url, ui_lines
+from ppo1.tracking.store import add_store_argument
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -55,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Imported once the arguments are parsed: `--help` answers without plotly and MLflow.
+    from ppo1.report.compare import compare_figures, log_page
+    from ppo1.report.pages import html_page, out_error
+    from ppo1.report.runs import load_run, open_store, resolve_runs
+    from ppo1.tracking.urls import runs_table_url, ui_lines
+
     client = open_store(args.tracking_uri)
     left_out: list[Run] = []
     chosen = resolve_runs(

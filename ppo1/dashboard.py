@@ -6,14 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ppo1.report.pages import DASHBOARD, out_error, write_figures
-from ppo1.report.runs import (
-    TRAINING_METRIC,
-    add_store_argument,
-    get_run,
-    load_run,
-    open_store,
-)
+from ppo1.tracking.store import add_store_argument
 from ppo1.utils.cli import exit_with_error
 
 
@@ -26,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder (default: figures-<id8>)")
     add_store_argument(parser)
     args = parser.parse_args(argv)
+    # Imported once the arguments are parsed: `--help` answers without torch and MLflow.
+    from ppo1.report.pages import DASHBOARD, out_error, write_figures
+    from ppo1.report.runs import TRAINING_METRIC, get_run, load_run, open_store
+
     folder = args.out or Path(f"figures-{args.run_id[:8]}")
     if folder.exists() and not folder.is_dir():
         exit_with_error(f"--out {folder} is a file; it takes a folder")

@@ -6,12 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.core.checkpoint import CheckpointError, load_checkpoint
-from ppo1.core.envs import make_vector_env
-from ppo1.core.evaluation import evaluate
 from ppo1.tracking.store import open_client, tracking_uri
 from ppo1.utils.cli import exit_with_error
 
@@ -25,9 +20,13 @@ def positive_int(text: str) -> int:
 
 def checkpoint_path(target: str, uri: str | None, tmp: str) -> Path:
     """`target` if it is a file, else the policy.pt of the MLflow run with that id."""
+    from ppo1.core.checkpoint import CheckpointError
+
     path = Path(target)
     if path.is_file():
         return path
+    from mlflow.exceptions import MlflowException  # ~2 s: only to read a run
+
     client = open_client(tracking_uri(TrackingConfig(uri=uri)))
     try:
         client.get_run(target)
@@ -56,6 +55,12 @@ def main(argv: list[str] | None = None) -> None:
         help="MLflow store holding the run (default: as ppo1.train uses)",
     )
     args = parser.parse_args(argv)
+    # Imported once the arguments are parsed: `--help` and a bad argument answer without
+    # waiting for torch and Gymnasium (docs/speed.md).
+    from ppo1.core.checkpoint import CheckpointError, load_checkpoint
+    from ppo1.core.envs import make_vector_env
+    from ppo1.core.evaluation import evaluate
+
     try:
         with tempfile.TemporaryDirectory() as tmp:
             agent, cfg = load_checkpoint(checkpoint_path(args.target, args.tracking_uri, tmp))

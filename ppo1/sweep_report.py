@@ -7,26 +7,31 @@ a sweep logs when it ends, on the same parent MLflow run. Takes the sweep's own 
 from __future__ import annotations
 
 import hydra
-import optuna
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ppo1.config import CONF_DIR, ConfigError, register_configs, to_train_config_or_exit
-from ppo1.sweep.parent_run import find_study_run
-from ppo1.sweep.search_space import search_space
-from ppo1.sweep.study import open_storage, storage_exists, storage_spec
-from ppo1.sweep.study_report import report_study
 from ppo1.tracking.store import tracking_uri
 from ppo1.utils.cli import exit_with_error
+from ppo1.utils.hydra_errors import one_line_errors
 from ppo1.utils.redact import redact
 
 register_configs()
 
 
+@one_line_errors
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(dict_cfg: DictConfig) -> None:
     cfg = to_train_config_or_exit(dict_cfg)
+    # Imported once a config is composed: `--help` answers without MLflow and plotly.
+    import optuna
+
+    from ppo1.sweep.parent_run import find_study_run
+    from ppo1.sweep.search_space import search_space
+    from ppo1.sweep.study import open_storage, storage_exists, storage_spec
+    from ppo1.sweep.study_report import report_study
+
     if cfg.sweep is None:
         exit_with_error("name the sweep: python -m ppo1.sweep_report sweep=NAME")
     spec = storage_spec(cfg.sweep)

@@ -13,7 +13,7 @@ from ppo1.core.envs import make_vector_env
 from ppo1.core.loop import Loop, LoopObserver, OnUpdate, TrainResult, UpdateHook, training_parts
 from ppo1.core.update import NonFiniteLossError
 from ppo1.report.figure_logger import FigureLogger
-from ppo1.report.progress import ProgressLines
+from ppo1.report.progress import Console, console
 from ppo1.tracking.resume import CHECKPOINT_TAG, Resume, new_checkpoint_folder
 from ppo1.tracking.tracker import Tracker
 
@@ -83,8 +83,7 @@ def train(
         tags[CHECKPOINT_TAG] = str(folder)
     if resume is not None:
         tags["ppo1.resumed"] = resumed_line(cfg, resume)
-        if cfg.verbose:
-            print(tags["ppo1.resumed"], flush=True)
+        print(tags["ppo1.resumed"], flush=True)
     # Built before the run, so that an env that cannot be trained fails before one exists.
     # Envs cannot be checkpointed: a resumed run re-seeds them with seed + its updates.
     envs, agent, optimizer, collector = training_parts(
@@ -94,6 +93,7 @@ def train(
     parts = (envs, agent, optimizer, collector, eval_envs)
     plain = to_plain_dict(cfg)
     loop: Loop | None = None
+    shown: Console | None = None
     run_id = None if resume is None else resume.run_id
     try:
         with Tracker(cfg.tracking, plain, tags, run_id=run_id) as tracker:
@@ -101,8 +101,9 @@ def train(
                 RunLog(tracker, {} if resume is None else resume.logged),
                 FigureLogger(cfg, tracker),
             ]
-            if cfg.verbose:
-                observers.append(ProgressLines(cfg))
+            shown = console(cfg, tracker)
+            if shown is not None:
+                observers.append(shown)
             if on_update is not None:
                 observers.append(OnUpdate(on_update))
             state = None if resume is None else resume.state
@@ -119,6 +120,8 @@ def train(
             err.add_note(f"to resume: python -m ppo1.train resume={again}")
         raise
     finally:
+        if shown is not None:
+            shown.close()  # a bar cut short by Ctrl-C ends its line before the message
         envs.close()
         eval_envs.close()
     result = loop.result

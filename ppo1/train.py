@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,17 +19,14 @@ from ppo1.config import (
     register_configs,
     to_train_config_or_exit,
 )
-from ppo1.core.loop import TrainResult
-from ppo1.core.update import NonFiniteLossError
-from ppo1.report.figure_logger import figures_hint
-from ppo1.sweep.trial import run_trial
-from ppo1.tracked import train
 from ppo1.tracking.names import name_tag
-from ppo1.tracking.resume import prepare_resume
-from ppo1.tracking.store import StoreFailedError, tracking_uri
-from ppo1.tracking.urls import ui_lines
+from ppo1.tracking.urls import run_hint
 from ppo1.utils.cli import exit_with_error
+from ppo1.utils.hydra_errors import one_line_errors
 from ppo1.utils.signals import sigterm_as_interrupt
+
+if TYPE_CHECKING:
+    from ppo1.core.loop import TrainResult
 
 
 def summary(cfg: TrainConfig, result: TrainResult) -> str:
@@ -37,12 +34,9 @@ def summary(cfg: TrainConfig, result: TrainResult) -> str:
         f"final evaluation: {result.final_eval:.1f} mean return over {cfg.eval.episodes} episodes"
     ]
     if result.run_id is not None:
-        uri = tracking_uri(cfg.tracking)
-        lines.append(
-            f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})"
-        )
-        if result.experiment_id is not None:
-            lines += ui_lines(uri, result.experiment_id, result.run_id)
+        from ppo1.report.figure_logger import figures_hint  # torch: after training only
+
+        lines += run_hint(cfg.tracking, result.run_id, result.experiment_id)
         lines += figures_hint(cfg, result.run_id)
     if result.policy is not None:
         lines.append(f"policy: {result.policy} (python -m ppo1.evaluate {result.policy})")
@@ -63,10 +57,20 @@ def exit_failed(message: str, err: BaseException) -> NoReturn:
 register_configs()
 
 
+@one_line_errors
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(dict_cfg: DictConfig) -> float:
     """Hydra entrypoint; the return value is the objective a sweeper optimises."""
     cfg = to_train_config_or_exit(dict_cfg)
+    # Imported here, once a config is composed and checked, not at the top: `--help`,
+    # `--cfg job` and TAB completion never train, and torch and MLflow would be most of their
+    # start-up (docs/speed.md; tests/test_startup.py).
+    from ppo1.core.update import NonFiniteLossError
+    from ppo1.sweep.trial import run_trial
+    from ppo1.tracked import train
+    from ppo1.tracking.resume import prepare_resume
+    from ppo1.tracking.store import StoreFailedError
+
     if cfg.sweep is not None:
         if cfg.sweep.trial is None:
             exit_with_error("a sweep runs as a multirun: python -m ppo1.train -m sweep=NAME")
@@ -98,8 +102,7 @@ def main(dict_cfg: DictConfig) -> float:
         said = notes(err)
         print(f"interrupted: {'; '.join(said)}" if said else "interrupted", file=sys.stderr)
         sys.exit(130)
-    if cfg.verbose:
-        print(summary(cfg, result))
+    print(summary(cfg, result))
     return result.final_eval
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +12,8 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ValidationError
 
 from ppo1.config import ConfigError, TrainConfig
+
+from .conftest import one_error_line, run_module
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 Compose = Callable[[list[str]], TrainConfig]
@@ -105,6 +105,7 @@ def test_notebook_preset(compose_cfg: Compose) -> None:
         ("algo.gamma=1.5", "algo.gamma must be in (0, 1]"),
         ("env.num_envs=0", "env.num_envs must be >= 1"),
         ("seed=-1", "seed must be >= 0, got -1"),
+        ("log_every=-1", "log_every must be >= 0, got -1"),
         ("tracking.experiment=", "tracking.experiment must not be empty"),
         # Hydra appends keys given with + or ++ (it even suggests +algo.cilp for algo.cilp).
         (
@@ -164,23 +165,70 @@ def test_unknown_group_option_lists_the_choices(compose_cfg: Compose) -> None:
     assert "Could not find 'env/foo'" in str(err.value) and "cartpole" in str(err.value)
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("algo.clip=0", "error: invalid config: algo.clip must be > 0, got 0.0"),
-        ("algo.clip=abc", "Value 'abc' of type 'str' could not be converted to Float"),
-        ("env=foo", "Available options in 'env'"),
-        ("+algo.cilp=0.5", "error: invalid config: unknown key(s), not in the schema"),
-        ("algo.ent_coef=nan", "error: invalid config: algo.ent_coef=nan: settings must be finite"),
-    ],
-)
-def test_cli_exits_nonzero_before_training(override: str, message: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "ppo1.train", override, "tracking.enabled=false"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    assert message in proc.stderr
+# Hydra's refusals and ours alike: one line naming the key, what is wrong, what would do.
+UNKNOWN = "error: invalid config: unknown key(s), not in the schema (ppo1/config/schema.py): "
+BAD_INPUT = [
+    (["algo.clip=0"], "error: invalid config: algo.clip must be > 0, got 0.0"),
+    (["algo.cilp=0.5"], f"{UNKNOWN}algo.cilp (did you mean algo.clip?)"),
+    (["+algo.cilp=0.5"], f"{UNKNOWN}algo.cilp (did you mean algo.clip?)"),
+    (["algo.net.hiden=[8]"], f"{UNKNOWN}algo.net.hiden (did you mean algo.net.hidden?)"),
+    (
+        ["algo.clip=abc"],
+        "error: invalid config: algo.clip: Value 'abc' of type 'str' could not be converted "
+        "to Float; e.g. algo.clip=0.2",
+    ),
+    (
+        ["env.vectorization=asinc"],
+        "error: invalid config: env.vectorization: Invalid value 'asinc', expected one of "
+        "[auto, sync, async]; did you mean env.vectorization=async?",
+    ),
+    (
+        ["env=cartpol"],
+        "error: invalid config: env=cartpol: no such option; did you mean env=cartpole? env is "
+        "one of acrobot, cartpole, halfcheetah, hopper, lunarlander, mountaincar_continuous, "
+        "pendulum",
+    ),
+    (
+        ["algo=nope"],
+        "error: invalid config: algo=nope: no such option; algo is one of notebook, ppo_clip, "
+        "ppo_fast, sb_ppo1",
+    ),
+    (
+        ["algo.clip=0.1)"],
+        "error: cannot parse override 'algo.clip=0.1)': extraneous input ')' expecting <EOF>; "
+        "an override reads KEY=VALUE, +KEY=VALUE (a new key) or ~KEY (remove it)",
+    ),
+    (["algo.ent_coef=nan"], "error: invalid config: algo.ent_coef=nan: settings must be finite"),
+    # A sweep, composed by Hydra's multirun, and the command reporting on one.
+    (["-m", "sweep=nope"], "error: invalid config: sweep=nope: no such option; sweep is one of"),
+    (["-m", "sweep=clip_epochs_lr", "algo.cilp=1"], f"{UNKNOWN}algo.cilp (did you mean algo."),
+    (["--cfg", "job", "seed=1.5"], "error: invalid config: seed: Value '1.5' of type 'float'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=lambda a: " ".join(a))
+def test_bad_input_gets_one_line_and_exit_2_before_training(args: list[str], message: str) -> None:
+    proc = run_module("ppo1.train", *args, "tracking.enabled=false")
+    assert one_error_line(proc).startswith(message)
     assert "update" not in proc.stdout  # no training step ran
+
+
+def test_sweep_report_answers_bad_input_as_train_does() -> None:
+    proc = run_module("ppo1.sweep_report", "sweep=clip_epochs_lr", "algo.cilp=1")
+    assert one_error_line(proc) == f"{UNKNOWN}algo.cilp (did you mean algo.clip?)"
+
+
+def test_hydra_full_error_still_shows_hydras_report() -> None:
+    proc = run_module("ppo1.train", "algo.cilp=0.5", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
+
+
+def test_help_config_and_completion_still_answer() -> None:
+    shown = run_module("ppo1.train", "--cfg", "job", "algo.clip=0.3")
+    assert shown.returncode == 0 and "clip: 0.3" in shown.stdout, shown.stderr
+    line = "ppo1-train env=cart"  # Hydra strips a console script's name, not `python -m`
+    completed = run_module(
+        "ppo1.train", "-sc", "query=bash", env={"COMP_LINE": line, "COMP_POINT": str(len(line))}
+    )
+    assert completed.returncode == 0 and completed.stdout.split() == ["env=cartpole"]

@@ -90,7 +90,7 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_run(tmp_path: Path) ->
     client = MlflowClient(uri)
     client.search_experiments()  # the store exists before the writer opens it
     common = [f"tracking.uri={uri}", "tracking.figures=none", "eval.episodes=2", "eval.every=5"]
-    proc = start_train("total_timesteps=5120", *common)
+    proc = start_train("total_timesteps=5120", "verbose=true", *common)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().split()[:2] == ["update", "1/20"]
@@ -223,7 +223,9 @@ def test_an_untracked_run_resumes_from_its_checkpoint_path(
 def test_a_killed_and_resumed_run_still_solves_cartpole(tmp_path: Path) -> None:
     """As tests/test_learning.py, with a kill -9 of the trainer and its writer mid-way."""
     uri, client = new_store(tmp_path)
-    proc = start_train("total_timesteps=60000", f"tracking.uri={uri}", "tracking.figures=none")
+    proc = start_train(
+        "total_timesteps=60000", f"tracking.uri={uri}", "tracking.figures=none", "verbose=true"
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

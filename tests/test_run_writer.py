@@ -179,6 +179,7 @@ def test_ctrl_c_lets_the_writer_finish_and_marks_the_run_killed(mlflow_uri: str)
             "-m",
             "ppo1.train",
             "total_timesteps=10000000",
+            "verbose=true",  # a line per update
             f"tracking.uri={mlflow_uri}",
             "tracking.figures=none",
             "eval.every=1000",

@@ -505,7 +505,7 @@ def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
         for proc in (done, evaluated):  # no "View run ... at:" lines, no download progress bar
             assert proc.stderr == ""
 
-        long_run = ["total_timesteps=1000000", f"tracking.uri={url}", writes]
+        long_run = ["total_timesteps=1000000", f"tracking.uri={url}", writes, "verbose=true"]
         training = subprocess.Popen(
             [sys.executable, "-m", "ppo1.train", *long_run],
             stdout=subprocess.PIPE,
@@ -575,7 +575,7 @@ def interrupt_after_first_update(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m ppo1.train` sent SIGINT (or `signum`) once its first progress line is out."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ppo1.train", "total_timesteps=1000000", *overrides],
+        [sys.executable, "-m", "ppo1.train", "total_timesteps=1000000", "verbose=true", *overrides],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,7 +3,6 @@ keys refused with the nearest valid key, and the plain-dict form runs and checkp
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppo1.config.errors import ConfigError, raise_if
 from ppo1.config.schema import TrainConfig
-from ppo1.utils.cli import exit_with_error
+from ppo1.utils.cli import UNKNOWN_KEYS, exit_with_error, unknown_key
 
 # conf/ by absolute path: Hydra resolves a relative config_path against the module's package
 # when the entrypoint is imported (a console script) rather than run as a file, and conf/ is no
@@ -61,14 +60,7 @@ def schema_problems(cfg: DictConfig) -> list[tuple[bool, str]]:
     is checked for finiteness here, before them.
     """
     leaves = list(_leaves(cfg))
-    unknown = []
-    for leaf in leaves:
-        if not leaf.known:
-            parent, dot, key = leaf.path.rpartition(".")
-            close = difflib.get_close_matches(key, leaf.siblings, n=1)
-            unknown.append(
-                f"{leaf.path} (did you mean {parent}{dot}{close[0]}?)" if close else leaf.path
-            )
+    unknown = [unknown_key(leaf.path, leaf.siblings) for leaf in leaves if not leaf.known]
     non_finite = [
         f"{leaf.path}={leaf.value}"
         for leaf in leaves
@@ -77,7 +69,7 @@ def schema_problems(cfg: DictConfig) -> list[tuple[bool, str]]:
     return [
         (
             bool(unknown),
-            f"unknown key(s), not in the schema (ppo1/config/schema.py): {', '.join(unknown)}",
+            f"{UNKNOWN_KEYS}: {', '.join(unknown)}",
         ),
         (bool(non_finite), f"{', '.join(non_finite)}: settings must be finite numbers"),
     ]
@@ -106,6 +98,7 @@ NOT_LEARNING = (
     "seed",
     "tracking.",
     "verbose",
+    "log_every",
     "save_model",
     "torch_threads",
     "checkpoint_every",

@@ -10,8 +10,6 @@ import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 
-import gymnasium as gym
-
 from ppo1.config.errors import ConfigError, raise_if
 from ppo1.config.sweep import SweepConfig
 
@@ -87,10 +85,21 @@ class EnvConfig:
                 ),
             ]
         )
-        if self.id not in gym.registry:
-            close = difflib.get_close_matches(self.id, list(gym.registry), n=5, cutoff=0.5)
-            hint = f"did you mean one of {close}?" if close else "see gymnasium.pprint_registry()"
-            raise ConfigError(f"env.id {self.id!r} is not a registered Gymnasium env; {hint}")
+
+
+def unregistered_env(env_id: str) -> str | None:
+    """Why `env.id` names no Gymnasium env, with the nearest ids; None if it names one.
+
+    Gymnasium is imported here, once a config is built, not at the top: `--help`, `--cfg job`
+    and TAB completion only compose configs, and should not wait for it (tests/test_startup.py).
+    """
+    import gymnasium as gym
+
+    if env_id in gym.registry:
+        return None
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
+    hint = f"did you mean one of {close}?" if close else "see gymnasium.pprint_registry()"
+    return f"env.id {env_id!r} is not a registered Gymnasium env; {hint}"
 
 
 @dataclass
@@ -267,8 +276,12 @@ class TrainConfig:
     total_timesteps: int = 100_000
     # One thread is fastest for these small MLPs here, and far steadier than two.
     torch_threads: int = 1
-    # Print one progress line per update.
-    verbose: bool = True
+    # Print a line after every update, instead of the progress bar (on a terminal) or a
+    # line every `log_every` updates (elsewhere: CI, logs, sweeps' jobs).
+    verbose: bool = False
+    # Without `verbose` and off a terminal: a progress line every this many updates (and
+    # after the last); 0: no progress output. The default run (391 updates) prints 16.
+    log_every: int = 25
     save_model: bool = True
     # Write a resumable checkpoint every this many updates (and on Ctrl-C/SIGTERM and at the
     # end); 0: only on Ctrl-C/SIGTERM and at the end. See docs/resume.md.
@@ -299,6 +312,7 @@ class TrainConfig:
                     f"total_timesteps must be >= 1, got {self.total_timesteps}",
                 ),
                 (self.torch_threads < 1, f"torch_threads must be >= 1, got {self.torch_threads}"),
+                (self.log_every < 0, f"log_every must be >= 0, got {self.log_every}"),
                 (
                     self.checkpoint_every < 0,
                     f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
@@ -318,3 +332,8 @@ class TrainConfig:
                 ),
             ]
         )
+        # Not in EnvConfig: registering the schema builds an EnvConfig (its default), and
+        # registering is all that `--help` does.
+        unregistered = unregistered_env(self.env.id)
+        if unregistered is not None:
+            raise ConfigError(unregistered)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import tempfile
@@ -57,14 +56,6 @@ def curves_from_history(history: Sequence[dict[str, float]], episodes: Sequence[
         np.array([e.ret for e in episodes], dtype=np.float64),
     )
     return curves
-
-
-def add_store_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db)",
-    )
 
 
 def open_store(uri: str | None) -> MlflowClient:

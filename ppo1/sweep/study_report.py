@@ -27,7 +27,7 @@ ComposeJob = Callable[[list[str]], DictConfig]
 
 # Keys a re-run should not copy from a sweep job: the sweep itself and its quiet, light output
 # (the re-run saves its model and logs the full figures).
-_NOT_RERUN = ("sweep", "hydra", "verbose", "save_model", "tracking.figures")
+_NOT_RERUN = ("sweep", "hydra", "verbose", "log_every", "save_model", "tracking.figures")
 
 
 def _finished(study: optuna.Study) -> list[FrozenTrial]:

@@ -37,6 +37,7 @@ RESUMABLE = (
     "resume",
     "total_timesteps",
     "verbose",
+    "log_every",
     "torch_threads",
     "save_model",
     "checkpoint_every",

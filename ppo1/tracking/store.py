@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import urllib.error
@@ -109,6 +110,15 @@ def store_problem(uri: str) -> str | None:
     if scheme in ("", "file"):
         return _file_store_problem()
     return _server_problem(uri) if is_server(uri) else _sqlite_problem(uri)
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """The commands' `--tracking-uri`."""
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlruns/mlflow.db)",
+    )
 
 
 def store_error(uri: str, problem: str) -> ConfigError:

@@ -232,6 +232,13 @@ class Tracker:
         assert self.run_id is not None and self.run_name is not None
         return self.run_id, self.run_name
 
+    def known_run(self) -> str | None:
+        """The run's id if this process knows it yet. Unlike `wait_for_run` it never waits:
+        the writer's reply that it has the run is read at the next flush."""
+        if self._writer is not None:
+            self._learn_run(self._writer)
+        return self.run_id
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.active:
             return

@@ -13,7 +13,8 @@ from __future__ import annotations
 import shlex
 from urllib.parse import quote
 
-from ppo1.tracking.store import is_server
+from ppo1.config import TrackingConfig
+from ppo1.tracking.store import is_server, tracking_uri
 
 # Where `mlflow ui` serves a local store (its defaults, said explicitly in the command).
 UI_HOST = "127.0.0.1"
@@ -63,4 +64,14 @@ def ui_lines(
     if run_id is not None:
         lines.append(f"  {what}: {run_url(uri, experiment_id, run_id, artifact)}")
     lines.append(f"  all runs: {runs_table_url(uri, experiment_id)}")
+    return lines
+
+
+def run_hint(tracking: TrackingConfig, run_id: str, experiment_id: str | None) -> list[str]:
+    """Where a run is and how to open it: the closing summary's lines, and the first ones a
+    run prints (ppo1.report.progress)."""
+    uri = tracking_uri(tracking)
+    lines = [f"MLflow run {run_id} in experiment '{tracking.experiment}' ({uri})"]
+    if experiment_id is not None:
+        lines += ui_lines(uri, experiment_id, run_id)
     return lines
