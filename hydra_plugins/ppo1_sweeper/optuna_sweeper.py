@@ -42,7 +42,7 @@ from ppo1.config import (
 from ppo1.sweep.outcomes import give_back, tell
 from ppo1.sweep.pruning import build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
-from ppo1.sweep.slots import Slots, import_modules
+from ppo1.sweep.slots import Slots, prepare_worker
 from ppo1.sweep.study import (
     FAIL_REASON_ATTR,
     PARENT_RUN_ATTR,
@@ -64,6 +64,9 @@ from ppo1.tracking.tracker import sigterm_as_interrupt, usable_cpus
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+# How long an interrupted sweep waits for its jobs to end their MLflow runs before it gives
+# their trials back (a job writing to a trial given back would fail its runs).
+_STOP_WAIT_S = 15.0
 # What a trial's job imports: its task function's module, and MLflow's SQL store.
 JOB_MODULES = ("ppo1.train", "mlflow.store.tracking.sqlalchemy_store")
 
@@ -226,7 +229,7 @@ class OptunaSweeper(Sweeper):
             fixed = [*fixed, "tracking.writer_process=false"]
 
         def run(trial: optuna.Trial) -> None:
-            if (result := self._run(study, trial, fixed, sweep.heartbeat_s)) is not None:
+            if (result := self._run(study, trial, fixed, sweep.heartbeat_s, slots)) is not None:
                 returns.append(result)
 
         slots = Slots(
@@ -239,9 +242,9 @@ class OptunaSweeper(Sweeper):
         try:
             slots.run()
         except BaseException:
-            give_back(study, slots.in_flight)
             if n > 1:
                 _stop_workers()
+            give_back(study, slots.stop(_STOP_WAIT_S))
             raise
         return returns
 
@@ -255,7 +258,7 @@ class OptunaSweeper(Sweeper):
 
         # The launcher's own settings: joblib reuses its pool only for the same ones.
         settings = {**self.launcher.joblib, "backend": "loky"}  # type: ignore[union-attr]
-        work = (delayed(import_modules)(JOB_MODULES) for _ in range(n))
+        work = (delayed(prepare_worker)(JOB_MODULES, os.getpid()) for _ in range(n))
         threading.Thread(target=lambda: Parallel(**settings)(work), daemon=True).start()
 
     def _slots(self, sweep: SweepConfig) -> int:
@@ -303,7 +306,12 @@ class OptunaSweeper(Sweeper):
         return trial
 
     def _run(
-        self, study: optuna.Study, trial: optuna.Trial, fixed: list[str], heartbeat_s: float
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        fixed: list[str],
+        heartbeat_s: float,
+        slots: Slots,
     ) -> JobReturn | None:
         """Launch the trial if it composes to a valid config; tell the trial its end."""
         assert self.launcher is not None
@@ -318,6 +326,8 @@ class OptunaSweeper(Sweeper):
             return None
         with heartbeat([trial], heartbeat_s):
             (result,) = self.launcher.launch([job], initial_job_idx=trial.number)
+        if slots.stopped:  # the job stopped for an interrupt: the sweep gives its trial back
+            return None
         print(f"trial {trial.number}: {tell(study, trial, result)}", flush=True)
         return result
 
@@ -329,11 +339,11 @@ def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
 
 
 def _stop_workers() -> None:
-    """Stop the jobs still training in joblib's workers (their trials were given back): each
-    ends its MLflow runs KILLED on SIGTERM, as a job of the basic launcher does on Ctrl-C."""
-    for child in multiprocessing.active_children():
-        if child.pid is not None:
-            os.kill(child.pid, signal.SIGTERM)
+    """Stop the jobs still training in joblib's workers: each ends its MLflow runs KILLED on
+    SIGTERM, as a job of the basic launcher does on Ctrl-C."""
+    for worker in multiprocessing.active_children():
+        if worker.name.startswith("LokyProcess") and worker.pid is not None:
+            os.kill(worker.pid, signal.SIGTERM)
 
 
 def _fail_stale(

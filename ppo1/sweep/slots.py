@@ -13,10 +13,17 @@ trials (random) cover.
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import optuna
+
+# How often a worker checks for its sweep process, and how long it may take to end its runs.
+_WATCH_S = 1.0
+_EXIT_AFTER_S = 30.0
 
 
 class Slots:
@@ -43,11 +50,26 @@ class Slots:
         self._ended = threading.Condition(self._lock)  # notified when a trial ends
         self._in_flight: dict[int, optuna.Trial] = {}
         self._error: BaseException | None = None
+        self._stopped = False
 
     @property
     def in_flight(self) -> list[optuna.Trial]:
         with self._lock:
             return list(self._in_flight.values())
+
+    @property
+    def stopped(self) -> bool:
+        """The sweep was interrupted: trials that end now are given back, not told."""
+        return self._stopped
+
+    def stop(self, wait_s: float) -> list[optuna.Trial]:
+        """Ask no more trials; wait up to `wait_s` for the running ones to end (their jobs were
+        told to stop). Returns the trials that were running: the sweep gives them back."""
+        with self._ended:
+            self._stopped = True
+            running = list(self._in_flight.values())
+            self._ended.wait_for(lambda: not self._in_flight, wait_s)
+        return running
 
     def run(self) -> None:
         """Run every trial there is to run. One slot runs in this thread (a job of Hydra's
@@ -73,11 +95,12 @@ class Slots:
             self._slot()
         except BaseException as err:  # the sweep itself broke: stop every slot, raise it
             with self._ended:
-                self._error = self._error or err
+                if not self._stopped:  # else the job's end of an interrupt
+                    self._error = self._error or err
                 self._ended.notify_all()
 
     def _slot(self) -> None:
-        while self._error is None:
+        while self._error is None and not self._stopped:
             trial = self._ask()
             if trial is None:
                 if not self._waited():
@@ -99,7 +122,7 @@ class Slots:
             mine = bool(self._in_flight)
             if mine:
                 self._ended.wait()  # a slot of this process ends, or a slot broke
-                return self._error is None
+                return self._error is None and not self._stopped
         if not self._running_elsewhere():
             return False
         with self._ended:
@@ -107,7 +130,23 @@ class Slots:
         return True
 
 
-def import_modules(names: Iterable[str]) -> None:
-    """Import `names`: a worker process's warm-up before its first job."""
+def prepare_worker(names: Iterable[str], sweep_pid: int) -> None:
+    """A launcher's worker process before its first job: import `names`, and end when the
+    sweep process is gone.
+
+    joblib's workers outlive a sweep process killed by SIGKILL, or by SIGTERM before it set up
+    its handler, for loky's idle timeout (5 min), training trials already given back. Once it
+    is gone the worker stops itself as a scheduler would: SIGTERM (its training, if any, ends
+    its MLflow runs KILLED), then exits for good if that did not end it."""
+
+    def watch() -> None:
+        while os.getppid() == sweep_pid:
+            time.sleep(_WATCH_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(_EXIT_AFTER_S)
+        os._exit(1)
+
+    if not any(t.name == "ppo1-watch-sweep" for t in threading.enumerate()):
+        threading.Thread(target=watch, name="ppo1-watch-sweep", daemon=True).start()
     for name in names:
         importlib.import_module(name)

@@ -15,7 +15,7 @@ from ppo1.core.update import NonFiniteLossError
 from ppo1.sweep.objectives import objective_value
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
 from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
-from ppo1.tracking.tracker import Tracker
+from ppo1.tracking.tracker import Tracker, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from ppo1.train import TrainResult, UpdateHook
@@ -73,7 +73,8 @@ def run_trial(cfg: TrainConfig, train: TrainFn) -> float:
     trial.set_user_attr(CONFIG_ATTR, plain)
     parent_run_id = trial.user_attrs.get(PARENT_RUN_ATTR)
     tags = trial_tags(sweep, trial.number, parent_run_id)
-    with Tracker(cfg.tracking, plain, tags) as trial_run:
+    # In a launcher's worker process as in the sweep's: SIGTERM ends the runs KILLED.
+    with sigterm_as_interrupt(), Tracker(cfg.tracking, plain, tags) as trial_run:
         try:
             value = train_seeds(train, cfg, sweep, trial, trial_run)
         except NonFiniteLossError as err:
