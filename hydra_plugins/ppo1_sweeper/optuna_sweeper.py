@@ -9,9 +9,6 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
-import multiprocessing
-import os
-import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -42,7 +39,7 @@ from ppo1.config import (
 from ppo1.sweep.outcomes import give_back, tell
 from ppo1.sweep.pruning import build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
-from ppo1.sweep.slots import Slots, prepare_worker
+from ppo1.sweep.slots import Slots
 from ppo1.sweep.study import (
     FAIL_REASON_ATTR,
     PARENT_RUN_ATTR,
@@ -59,6 +56,7 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
+from ppo1.sweep.workers import stop_workers, warm_up
 from ppo1.tracking.tracker import sigterm_as_interrupt, usable_cpus
 
 if TYPE_CHECKING:
@@ -238,28 +236,22 @@ class OptunaSweeper(Sweeper):
             run,
             lambda: bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))),
             sweep.heartbeat_s,
+            lambda: _warm_report(study, list(space)),
         )
         try:
             slots.run()
         except BaseException:
             if n > 1:
-                _stop_workers()
+                stop_workers()
             give_back(study, slots.stop(_STOP_WAIT_S))
             raise
         return returns
 
     def _warm_up(self, n: int) -> None:
-        """Start joblib's n workers now, importing what a job imports (torch, gymnasium, mlflow:
-        seconds each), while this process opens the study and its MLflow run; the pool stays
-        up between jobs, so each worker imports once per sweep."""
+        """Start joblib's n workers, importing what a job imports, while the study is set up."""
         if n < 2 or not isinstance(getattr(self.launcher, "joblib", None), dict):
             return
-        from joblib import Parallel, delayed
-
-        # The launcher's own settings: joblib reuses its pool only for the same ones.
-        settings = {**self.launcher.joblib, "backend": "loky"}  # type: ignore[union-attr]
-        work = (delayed(prepare_worker)(JOB_MODULES, os.getpid()) for _ in range(n))
-        threading.Thread(target=lambda: Parallel(**settings)(work), daemon=True).start()
+        warm_up(self.launcher.joblib, n, JOB_MODULES)  # type: ignore[union-attr]
 
     def _slots(self, sweep: SweepConfig) -> int:
         """Trials run at once: sweep.n_jobs (default: the usable CPUs) with a launcher that
@@ -338,12 +330,13 @@ def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
         parent[0].set_terminated(parent[1], status)
 
 
-def _stop_workers() -> None:
-    """Stop the jobs still training in joblib's workers: each ends its MLflow runs KILLED on
-    SIGTERM, as a job of the basic launcher does on Ctrl-C."""
-    for worker in multiprocessing.active_children():
-        if worker.name.startswith("LokyProcess") and worker.pid is not None:
-            os.kill(worker.pid, signal.SIGTERM)
+def _warm_report(study: optuna.Study, params: list[str]) -> None:
+    """Draw the study's figures once, in the background, while the last trials run on the
+    other cores: the report at the end then finds plotly's and scikit-learn's modules (for the
+    parameter importances) imported, seconds of the sweep's tail."""
+    from ppo1.sweep.study_report import study_figures  # imports mlflow: only when needed
+
+    threading.Thread(target=study_figures, args=(study, params), daemon=True).start()
 
 
 def _fail_stale(

@@ -12,26 +12,17 @@ trials (random) cover.
 
 from __future__ import annotations
 
-import importlib
-import os
-import signal
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import optuna
 
-# How often a worker checks for its sweep process, and how long it may take to end its runs.
-_WATCH_S = 1.0
-_EXIT_AFTER_S = 30.0
-
 
 class Slots:
-    """Run trials from `ask` through `run` in `n` slots until `ask` gives none and
-    `running_elsewhere` says no trial of the study is running (another sweep process's trial
-    may still end stale, its slot to be run again).
-
-    `in_flight` are the trials being run now: what an interrupted sweep gives back."""
+    """Run trials from `ask` through `run` (which tells each its end) in `n` slots until `ask`
+    gives none and `running_elsewhere` says no trial of the study is running (another sweep
+    process's trial may still end stale, its slot to be run again). `drained` is called once,
+    when a slot first has no trial to ask while others still run theirs: a core is idle."""
 
     def __init__(
         self,
@@ -40,36 +31,33 @@ class Slots:
         run: Callable[[optuna.Trial], None],
         running_elsewhere: Callable[[], bool],
         poll_s: float,
+        drained: Callable[[], None] = lambda: None,
     ) -> None:
         self._n = n
         self._ask = ask
         self._run = run
         self._running_elsewhere = running_elsewhere
         self._poll_s = poll_s
+        self._drained: Callable[[], None] | None = drained
         self._lock = threading.Lock()
-        self._ended = threading.Condition(self._lock)  # notified when a trial ends
-        self._in_flight: dict[int, optuna.Trial] = {}
+        self._ended = threading.Condition(self._lock)  # notified when a job ends
+        self._busy = 0  # jobs running
+        self._untold: dict[int, optuna.Trial] = {}  # asked, not told: given back if stopped
         self._error: BaseException | None = None
         self._stopped = False
 
     @property
-    def in_flight(self) -> list[optuna.Trial]:
-        with self._lock:
-            return list(self._in_flight.values())
-
-    @property
     def stopped(self) -> bool:
-        """The sweep was interrupted: trials that end now are given back, not told."""
+        """The sweep was interrupted: trials whose jobs end now are given back, not told."""
         return self._stopped
 
     def stop(self, wait_s: float) -> list[optuna.Trial]:
-        """Ask no more trials; wait up to `wait_s` for the running ones to end (their jobs were
-        told to stop). Returns the trials that were running: the sweep gives them back."""
+        """Ask no more trials; wait up to `wait_s` for the running jobs to end (they were told
+        to stop). Returns the trials not told their end: the sweep gives them back."""
         with self._ended:
             self._stopped = True
-            running = list(self._in_flight.values())
-            self._ended.wait_for(lambda: not self._in_flight, wait_s)
-        return running
+            self._ended.wait_for(lambda: self._busy == 0, wait_s)
+            return list(self._untold.values())
 
     def run(self) -> None:
         """Run every trial there is to run. One slot runs in this thread (a job of Hydra's
@@ -95,7 +83,7 @@ class Slots:
             self._slot()
         except BaseException as err:  # the sweep itself broke: stop every slot, raise it
             with self._ended:
-                if not self._stopped:  # else the job's end of an interrupt
+                if not self._stopped:  # else it is how a job ended on the interrupt
                     self._error = self._error or err
                 self._ended.notify_all()
 
@@ -107,46 +95,32 @@ class Slots:
                     return
                 continue
             with self._lock:
-                self._in_flight[trial.number] = trial
+                self._untold[trial.number] = trial
+                self._busy += 1
+            told = False
             try:
                 self._run(trial)
+                told = not self._stopped
             finally:
                 with self._ended:
-                    del self._in_flight[trial.number]
+                    self._busy -= 1
+                    if told:
+                        del self._untold[trial.number]
                     self._ended.notify_all()
 
     def _waited(self) -> bool:
         """No trial to ask: wait for a running one to end (this process's, or another's that
         may go stale), True; or False when none runs anywhere, the study is done."""
         with self._ended:
-            mine = bool(self._in_flight)
-            if mine:
-                self._ended.wait()  # a slot of this process ends, or a slot broke
+            drained, self._drained = self._drained, None
+        if drained is not None and self._busy:
+            drained()
+        with self._ended:
+            if self._busy:
+                self._ended.wait()  # a job of this process ends, or a slot broke
                 return self._error is None and not self._stopped
         if not self._running_elsewhere():
             return False
         with self._ended:
             self._ended.wait(self._poll_s)
         return True
-
-
-def prepare_worker(names: Iterable[str], sweep_pid: int) -> None:
-    """A launcher's worker process before its first job: import `names`, and end when the
-    sweep process is gone.
-
-    joblib's workers outlive a sweep process killed by SIGKILL, or by SIGTERM before it set up
-    its handler, for loky's idle timeout (5 min), training trials already given back. Once it
-    is gone the worker stops itself as a scheduler would: SIGTERM (its training, if any, ends
-    its MLflow runs KILLED), then exits for good if that did not end it."""
-
-    def watch() -> None:
-        while os.getppid() == sweep_pid:
-            time.sleep(_WATCH_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(_EXIT_AFTER_S)
-        os._exit(1)
-
-    if not any(t.name == "ppo1-watch-sweep" for t in threading.enumerate()):
-        threading.Thread(target=watch, name="ppo1-watch-sweep", daemon=True).start()
-    for name in names:
-        importlib.import_module(name)
