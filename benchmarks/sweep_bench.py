@@ -8,11 +8,12 @@
 `sweep.n_jobs=1`, interleaved repeat by repeat so both see the same machine load, at the same
 sampler seed. `pruning`: a 40-trial sweep with its pruners and with them off (`sweep.pruner=null
 sweep.kl=null`), at 2 jobs. Each sweep is a fresh `python -m ppo1.train -m` process on a fresh
-journal and SQLite store in a temporary folder. Per sweep it reports the wall clock, the env
-steps its trials spent, the best objective, and the fixed cost: the part of the wall clock x
-jobs that is not inside a trial's training loop (`time/train_seconds`; evaluations included in
-the fixed cost), split into before the first trial, between (per trial: job dispatch, config,
-study and MLflow runs, envs, evaluations, figures) and after the last (the study's report).
+journal and SQLite store in a temporary folder. Per sweep it reports the wall clock; the CPU
+time of its processes (which other load on the machine does not inflate, unlike the wall
+clock); the env steps its trials spent; the best objective; and the fixed cost: the part of the
+wall clock x jobs that is not inside a trial's training loop (`time/train_seconds`;
+evaluations count as fixed cost), with the time before the first trial starts and after the
+last ends (the study's report).
 The load average is printed with each sweep: the machine is shared.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,7 @@ class Sweep:
     env_steps: int
     best: float
     states: str
+    cpu_s: float  # user + system CPU of the sweep and its processes: what load cannot inflate
     load: str  # the 1-minute load average before and after
 
 
@@ -61,9 +64,12 @@ def run_sweep(label: str, folder: Path, overrides: list[str]) -> Sweep:
         *overrides,
     ]
     load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if done.returncode != 0:
         sys.exit(f"{label}: the sweep failed:\n{done.stderr[-3000:]}")
     study = optuna.load_study(study_name=STUDY, storage=open_storage(str(folder / "study.journal")))
@@ -79,6 +85,7 @@ def run_sweep(label: str, folder: Path, overrides: list[str]) -> Sweep:
         env_steps=steps,
         best=study.best_value,
         states=", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))),
+        cpu_s=cpu,
         load=f"{load:.1f} -> {os.getloadavg()[0]:.1f}",
     )
 
@@ -100,14 +107,14 @@ def seed_runs(folder: Path) -> tuple[int, float]:
 
 def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
     lines = [
-        "| sweep | wall s | first trial at s | report s | fixed cost | env steps | best | trials "
-        "| load |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| sweep | wall s | CPU s | first trial at s | report s | fixed cost | env steps | best "
+        "| trials | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in sweeps:
         fixed = 1 - s.train_s / (s.wall_s * jobs[s.label])
         lines.append(
-            f"| {s.label} | {s.wall_s:.1f} | {s.first_trial_s:.1f} | "
+            f"| {s.label} | {s.wall_s:.1f} | {s.cpu_s:.1f} | {s.first_trial_s:.1f} | "
             f"{s.wall_s - s.last_trial_s:.1f} | {fixed:.0%} | {s.env_steps} | {s.best:.1f} | "
             f"{s.states} | {s.load} |"
         )
