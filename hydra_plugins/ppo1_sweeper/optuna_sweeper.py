@@ -236,7 +236,6 @@ class OptunaSweeper(Sweeper):
             run,
             lambda: bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))),
             sweep.heartbeat_s,
-            lambda: _warm_report(study, list(space)),
         )
         try:
             slots.run()
@@ -328,15 +327,6 @@ def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
     """End the study's MLflow run, if tracking: FINISHED, FAILED or KILLED."""
     if parent is not None:
         parent[0].set_terminated(parent[1], status)
-
-
-def _warm_report(study: optuna.Study, params: list[str]) -> None:
-    """Draw the study's figures once, in the background, while the last trials run on the
-    other cores: the report at the end then finds plotly's and scikit-learn's modules (for the
-    parameter importances) imported, seconds of the sweep's tail."""
-    from ppo1.sweep.study_report import study_figures  # imports mlflow: only when needed
-
-    threading.Thread(target=study_figures, args=(study, params), daemon=True).start()
 
 
 def _fail_stale(

@@ -21,8 +21,7 @@ import optuna
 class Slots:
     """Run trials from `ask` through `run` (which tells each its end) in `n` slots until `ask`
     gives none and `running_elsewhere` says no trial of the study is running (another sweep
-    process's trial may still end stale, its slot to be run again). `drained` is called once,
-    when a slot first has no trial to ask while others still run theirs: a core is idle."""
+    process's trial may still end stale, its slot to be run again)."""
 
     def __init__(
         self,
@@ -31,14 +30,12 @@ class Slots:
         run: Callable[[optuna.Trial], None],
         running_elsewhere: Callable[[], bool],
         poll_s: float,
-        drained: Callable[[], None] = lambda: None,
     ) -> None:
         self._n = n
         self._ask = ask
         self._run = run
         self._running_elsewhere = running_elsewhere
         self._poll_s = poll_s
-        self._drained: Callable[[], None] | None = drained
         self._lock = threading.Lock()
         self._ended = threading.Condition(self._lock)  # notified when a job ends
         self._busy = 0  # jobs running
@@ -111,10 +108,6 @@ class Slots:
     def _waited(self) -> bool:
         """No trial to ask: wait for a running one to end (this process's, or another's that
         may go stale), True; or False when none runs anywhere, the study is done."""
-        with self._ended:
-            drained, self._drained = self._drained, None
-        if drained is not None and self._busy:
-            drained()
         with self._ended:
             if self._busy:
                 self._ended.wait()  # a job of this process ends, or a slot broke
