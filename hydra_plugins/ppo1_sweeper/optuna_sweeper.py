@@ -56,7 +56,7 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
-from ppo1.sweep.workers import stop_workers, warm_up
+from ppo1.sweep.workers import shut_down, stop_workers, warm_up
 from ppo1.tracking.tracker import sigterm_as_interrupt, usable_cpus
 
 if TYPE_CHECKING:
@@ -244,11 +244,14 @@ class OptunaSweeper(Sweeper):
                 stop_workers()
             give_back(study, slots.stop(_STOP_WAIT_S))
             raise
+        finally:
+            if n > 1 and _uses_joblib(self.launcher):
+                shut_down()
         return returns
 
     def _warm_up(self, n: int) -> None:
         """Start joblib's n workers, importing what a job imports, while the study is set up."""
-        if n < 2 or not isinstance(getattr(self.launcher, "joblib", None), dict):
+        if n < 2 or not _uses_joblib(self.launcher):
             return
         warm_up(self.launcher.joblib, n, JOB_MODULES)  # type: ignore[union-attr]
 
@@ -258,7 +261,7 @@ class OptunaSweeper(Sweeper):
         if isinstance(self.launcher, BasicLauncher):
             return 1
         n = sweep.n_jobs or usable_cpus()
-        if isinstance(getattr(self.launcher, "joblib", None), dict):
+        if _uses_joblib(self.launcher):
             # joblib's pool (hydra.launcher.n_jobs, by default every CPU) as large as the slots.
             self.launcher.joblib["n_jobs"] = n  # type: ignore[union-attr]
         return n
@@ -321,6 +324,11 @@ class OptunaSweeper(Sweeper):
             return None
         print(f"trial {trial.number}: {tell(study, trial, result)}", flush=True)
         return result
+
+
+def _uses_joblib(launcher: Launcher | None) -> bool:
+    """Whether `launcher` is hydra-joblib-launcher's (its joblib.Parallel settings)."""
+    return isinstance(getattr(launcher, "joblib", None), dict)
 
 
 def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:

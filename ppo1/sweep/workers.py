@@ -61,3 +61,14 @@ def stop_workers() -> None:
     for worker in multiprocessing.active_children():
         if worker.name.startswith("LokyProcess") and worker.pid is not None:
             os.kill(worker.pid, signal.SIGTERM)
+
+
+def shut_down() -> None:
+    """End the idle workers now that the sweep has no trial left for them. Left to the exit
+    handler, joblib winds them down gracefully: 2.5 s of the sweep's end here (5 s under load),
+    for processes that hold nothing to save."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor  # joblib's one pool; no public handle to it
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
