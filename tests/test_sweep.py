@@ -30,6 +30,7 @@ from ppo1.sweep.study import (
     counted_trials,
     open_storage,
 )
+from ppo1.tracking.ops import PID_TAG
 from tests.browser import offline_page
 from tests.conftest import wait_until
 
@@ -308,6 +309,38 @@ def test_three_sweep_processes_share_one_study(tmp_path: Path) -> None:
     (parent,) = runs["study"]
     assert parent.info.status == "FINISHED"
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs["trial"]) == list(range(6))
+
+
+def test_the_joblib_launcher_runs_two_trials_at_once_in_warm_workers(tmp_path: Path) -> None:
+    command = sweep_command(
+        tmp_path, "tiny", "hydra/launcher=joblib", "sweep.n_jobs=2", "sweep.n_trials=6"
+    )
+    sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    out = sweep.communicate(timeout=300)[0]
+    assert sweep.returncode == 0
+
+    study = load_study(tmp_path, "tiny")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert len({t.params["algo.clip"] for t in trials}) == 6
+    assert sorted(
+        int(line.split()[1][:-1]) for line in out.splitlines() if " COMPLETE" in line
+    ) == (list(range(6)))
+    # Two slots: the first two trials are asked at once and run side by side.
+    first, second = trials[:2]
+    assert second.datetime_start < first.datetime_complete  # type: ignore[operator]
+    runs = runs_by_role(tmp_path)
+    (parent,) = runs["study"]
+    assert parent.info.status == "FINISHED"
+    by_trial = sorted(runs["trial"], key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    assert [int(r.data.tags["optuna.trial_number"]) for r in by_trial] == list(range(6))
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_trial} == {parent.info.run_id}
+    assert {r.info.status for r in by_trial} == {"FINISHED"}
+    # In two worker processes, not the sweep's, each running several trials (warm: imported
+    # once); every core runs a trial, so each job wrote its MLflow rows itself.
+    pids = [r.data.tags[PID_TAG] for r in by_trial]
+    assert len(set(pids)) == 2 and str(sweep.pid) not in pids
+    assert {r.data.params["tracking.writer_process"] for r in by_trial} == {"False"}
 
 
 def test_a_resumed_sweep_draws_new_points(tmp_path: Path) -> None:

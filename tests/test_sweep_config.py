@@ -145,6 +145,7 @@ def test_rerun_command_keeps_what_differs_from_the_defaults() -> None:
     [
         (["sweep=clip_epochs_lr"], "error: a sweep runs as a multirun"),
         (["-m", "sweep=clip_epochs_lr", "sweep.n_trials=0"], "sweep.n_trials must be >= 1"),
+        (["-m", "sweep=clip_epochs_lr", "sweep.n_jobs=0"], "sweep.n_jobs must be >= 1"),
         (["-m", "sweep=clip_epochs_lr", "algo.clip=interval(0.3,0.1)"], "sweep.params.algo.clip"),
         # Fixed settings no trial could run with: caught before the study has any trial, which
         # would FAIL and count toward n_trials.
@@ -180,6 +181,16 @@ def test_bad_sweep_input_fails_before_any_trial(
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "s.journal").exists()
+
+
+def test_hydra_optuna_sweepers_keys_say_which_of_ours_to_use() -> None:
+    assert sweep_exits(["hydra.sweeper.n_trials=20"]) == (
+        "error: hydra.sweeper.n_trials is hydra-optuna-sweeper's: use sweep.n_trials=20 "
+        "(the study's total)"
+    )
+    assert sweep_exits(["hydra.sweeper.n_jobs=4"]) == (
+        "error: hydra.sweeper.n_jobs is hydra-optuna-sweeper's: use sweep.n_jobs=4"
+    )
 
 
 def test_a_report_on_a_missing_study_creates_no_files(tmp_path: Path) -> None:

@@ -10,16 +10,17 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
 import sys
-import time
+import threading
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.errors import InstantiationException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
@@ -29,18 +30,18 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
-from ppo1.sweep.faults import lost_service, stop_worker, stopped_by
-from ppo1.sweep.pruning import PRUNE_REASON_ATTR, build_pruner
+from ppo1.sweep.faults import stopped_by
+from ppo1.sweep.outcomes import end_study_run, fail_stale, give_back, tell
+from ppo1.sweep.pruning import build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
+from ppo1.sweep.slots import Slots
 from ppo1.sweep.study import (
     FAIL_REASON_ATTR,
-    INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
     beat,
     build_sampler,
     counted_trials,
     create_study,
-    fail_stale_trials,
     heartbeat,
     open_storage,
     record_settings,
@@ -49,18 +50,31 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
-from ppo1.tracking.store import StoreFailedError
+from ppo1.sweep.workers import shut_down, stop_workers, warm_up
 from ppo1.utils.cli import exit_with_error
+from ppo1.utils.paths import usable_cpus
 from ppo1.utils.redact import redact
 from ppo1.utils.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+# How long an interrupted sweep waits for its jobs to end their MLflow runs before it gives
+# their trials back (a job writing to a trial given back would fail its runs).
+_STOP_WAIT_S = 15.0
+# What a trial's job imports: its task function's module, and MLflow's SQL store.
+JOB_MODULES = ("ppo1.train", "mlflow.store.tracking.sqlalchemy_store")
+
 
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.ppo1_sweeper.optuna_sweeper.OptunaSweeper"
+    # hydra-optuna-sweeper's keys, accepted only to say which of ours to use instead of
+    # Hydra's "Key 'n_trials' not in 'OptunaSweeperConf'" and a traceback.
+    n_trials: int | None = None
+    n_jobs: int | None = None
+    study_name: str | None = None
+    storage: str | None = None
 
 
 ConfigStore.instance().store(
@@ -69,10 +83,13 @@ ConfigStore.instance().store(
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self) -> None:
+    def __init__(self, **theirs: object) -> None:
+        # Not honoured: hydra-optuna-sweeper's n_trials adds trials, ours is the study's total.
+        self._theirs = {key: value for key, value in theirs.items() if value is not None}
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
+        self._compose_lock = threading.Lock()
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -96,6 +113,12 @@ class OptunaSweeper(Sweeper):
     ) -> tuple[SweepConfig, TrackingConfig, list[str], dict[str, BaseDistribution]]:
         """The sweep, tracking, plain overrides and search space; one message if invalid."""
         assert self.config is not None
+        if self._theirs:
+            key, value = next(iter(self._theirs.items()))
+            total = " (the study's total)" if key == "n_trials" else ""
+            exit_with_error(
+                f"hydra.sweeper.{key} is hydra-optuna-sweeper's: use sweep.{key}={value}{total}"
+            )
         if self.config.get("sweep") is None:
             exit_with_error("hydra/sweeper=ppo1_optuna needs sweep=NAME")
         fixed, specs = self._split(arguments)
@@ -141,6 +164,8 @@ class OptunaSweeper(Sweeper):
 
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
+        n = self._slots(sweep)
+        self._warm_up(n)
         spec = storage_spec(sweep)
         try:
             study = create_study(sweep, open_storage(spec))
@@ -157,18 +182,16 @@ class OptunaSweeper(Sweeper):
             # Only now that a trial can start: settings recorded by a command that could not
             # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
             record_settings(study, settings)
-        shown = redact(spec)
-        print(
-            f"study '{sweep.study_name}' in {shown}: {sweep.n_trials} trials in total", flush=True
-        )
+        shown = f"study '{sweep.study_name}' in {redact(spec)}"
+        print(f"{shown}: {sweep.n_trials} trials in total", flush=True)
         with sigterm_as_interrupt():
             try:
-                returns = self._optimize(study, sweep, space, spec, fixed, parent)
+                returns = self._optimize(study, sweep, space, spec, fixed, parent, n)
                 report_study(study, list(space), self._job_config, fixed, parent)
             except KeyboardInterrupt:
                 # The bookkeeping is done (trials given back, see _optimize): one line, as
                 # plain training prints, instead of a traceback.
-                _end_run(parent, "KILLED")
+                end_study_run(parent, "KILLED")
                 print(
                     "interrupted: the running trials are given back and the study's MLflow "
                     "run is marked KILLED; run the same command to resume",
@@ -179,16 +202,16 @@ class OptunaSweeper(Sweeper):
                 # Whatever broke, the study run must not stay RUNNING in the MLflow UI.
                 line = stopped_by(err)  # a lost database or tracking server, or None
                 if line is None:
-                    _end_run(parent, "FAILED")
+                    end_study_run(parent, "FAILED")
                     raise
                 if not getattr(err, "tracking_lost", False):
                     with suppress(Exception):  # the MLflow server's database may be the lost one
-                        _end_run(parent, "FAILED")
+                        end_study_run(parent, "FAILED")
                 print(f"error: {line}", file=sys.stderr)
                 sys.exit(1)
         # The study run ends with the last sweep process working on it.
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            _end_run(parent, "FINISHED")
+            end_study_run(parent, "FINISHED")
         return returns
 
     def _optimize(
@@ -199,23 +222,54 @@ class OptunaSweeper(Sweeper):
         spec: str,
         fixed: list[str],
         parent: "tuple[MlflowClient, str] | None",
+        n: int,
     ) -> list[JobReturn]:
-        """Ask, launch and tell batches until the study has n_trials, all finished."""
+        """Run trials in n slots (ppo1.sweep.slots) until the study has n_trials, all finished."""
         returns: list[JobReturn] = []
-        while True:
-            trials = self._ask(study, sweep, space, spec, parent)
-            if not trials:
-                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    return returns
-                # Other processes' trials fill the study: wait until they finish, or go
-                # stale (their process died), when this process runs their slots again.
-                time.sleep(sweep.heartbeat_s)
-                continue
-            try:
-                returns += self._run(study, trials, fixed, len(returns), sweep.heartbeat_s)
-            except BaseException:
-                _give_back(study, trials)
-                raise
+        if n >= usable_cpus() and not any(f.startswith("tracking.writer_process=") for f in fixed):
+            # Every core runs a trial: a writer process per trial would only take turns with
+            # them (and pay `import mlflow` again); a job writes its MLflow rows itself.
+            fixed = [*fixed, "tracking.writer_process=false"]
+
+        def run(trial: optuna.Trial) -> None:
+            if (result := self._run(study, trial, fixed, sweep.heartbeat_s, slots)) is not None:
+                returns.append(result)
+
+        slots = Slots(
+            n,
+            lambda: self._ask(study, sweep, space, spec, parent),
+            run,
+            lambda: bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))),
+            sweep.heartbeat_s,
+        )
+        try:
+            slots.run()
+        except BaseException:
+            if n > 1:
+                stop_workers()
+            give_back(study, slots.stop(_STOP_WAIT_S))
+            raise
+        finally:
+            if n > 1 and _uses_joblib(self.launcher):
+                shut_down()
+        return returns
+
+    def _warm_up(self, n: int) -> None:
+        """Start joblib's n workers, importing what a job imports, while the study is set up."""
+        if n < 2 or not _uses_joblib(self.launcher):
+            return
+        warm_up(self.launcher.joblib, n, JOB_MODULES)  # type: ignore[union-attr]
+
+    def _slots(self, sweep: SweepConfig) -> int:
+        """Trials run at once: sweep.n_jobs (default: the usable CPUs) with a launcher that
+        runs jobs elsewhere; one with Hydra's basic launcher, which runs them in this process."""
+        if isinstance(self.launcher, BasicLauncher):
+            return 1
+        n = sweep.n_jobs or usable_cpus()
+        if _uses_joblib(self.launcher):
+            # joblib's pool (hydra.launcher.n_jobs, by default every CPU) as large as the slots.
+            self.launcher.joblib["n_jobs"] = n  # type: ignore[union-attr]
+        return n
 
     def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
         """Command-line overrides: plain ones go to every job, sweeps join the search space."""
@@ -237,115 +291,46 @@ class OptunaSweeper(Sweeper):
         space: dict[str, BaseDistribution],
         spec: str,
         parent: "tuple[MlflowClient, str] | None",
-    ) -> list[optuna.Trial]:
-        """The next batch: up to n_jobs trials, never past n_trials counting every process's,
-        once stale trials have been failed to free their slots."""
+    ) -> optuna.Trial | None:
+        """The next trial, unless the study has n_trials counting every process's, once stale
+        trials have been failed to free their slots."""
         with study_lock(spec, sweep.study_name):
-            _fail_stale(study, sweep.grace_s, parent)
-            count = min(sweep.n_jobs, sweep.n_trials - counted_trials(study))
-            trials = [study.ask(space) for _ in range(max(count, 0))]
-            for trial in trials:
-                beat(trial)
-                if parent is not None:  # where the job's MLflow run nests
-                    trial.set_user_attr(PARENT_RUN_ATTR, parent[1])
-        return trials
+            fail_stale(study, sweep.grace_s, parent)
+            if counted_trials(study) >= sweep.n_trials:
+                return None
+            trial = study.ask(space)
+            beat(trial)
+            if parent is not None:  # where the job's MLflow run nests
+                trial.set_user_attr(PARENT_RUN_ATTR, parent[1])
+        return trial
 
     def _run(
         self,
         study: optuna.Study,
-        trials: list[optuna.Trial],
+        trial: optuna.Trial,
         fixed: list[str],
-        job_idx: int,
         heartbeat_s: float,
-    ) -> list[JobReturn]:
-        """Launch the trials that compose to a valid config; tell every trial its end."""
+        slots: Slots,
+    ) -> JobReturn | None:
+        """Launch the trial if it composes to a valid config; tell the trial its end."""
         assert self.launcher is not None
-        launched, batch = [], []
-        for trial in trials:
-            job = [*fixed, *overrides(trial.params), f"sweep.trial={trial.number}"]
-            try:
+        job = [*fixed, *overrides(trial.params), f"sweep.trial={trial.number}"]
+        try:
+            with self._compose_lock:  # Hydra's config loader is not made for threads
                 to_train_config(self._job_config(job))
-            except ConfigError as err:
-                trial.set_user_attr(FAIL_REASON_ATTR, f"invalid config: {err}")
-                study.tell(trial, state=TrialState.FAIL)
-                print(f"trial {trial.number}: FAIL, invalid config: {err}", flush=True)
-                continue
-            launched.append(trial)
-            batch.append(job)
-        if not batch:
-            return []
-        with heartbeat(launched, heartbeat_s):
-            results = list(self.launcher.launch(batch, initial_job_idx=job_idx))
-        for trial, result in zip(launched, results, strict=True):
-            print(f"trial {trial.number}: {_tell(study, trial, result)}", flush=True)
-        return results
-
-
-def _end_run(parent: "tuple[MlflowClient, str] | None", status: str) -> None:
-    """End the study's MLflow run, if tracking: FINISHED, FAILED or KILLED."""
-    if parent is not None:
-        parent[0].set_terminated(parent[1], status)
-
-
-def _fail_stale(
-    study: optuna.Study, grace_s: float, parent: "tuple[MlflowClient, str] | None"
-) -> None:
-    """Fail the study's stale trials and end their MLflow runs FAILED, saying why."""
-    for trial in fail_stale_trials(study, grace_s):
-        reason = trial.user_attrs[FAIL_REASON_ATTR]
-        print(f"trial {trial.number}: FAIL, {reason}; its slot runs again", flush=True)
-        if parent is not None:
-            from ppo1.sweep.parent_run import end_stale_runs  # imports mlflow: only when tracking
-
-            end_stale_runs(parent, trial.number, f"the sweep process died ({reason})")
-
-
-def _give_back(study: optuna.Study, trials: list[optuna.Trial]) -> None:
-    """After an interrupt (Ctrl-C, SIGTERM): end the batch's unfinished trials as interrupted
-    FAILs, which a resumed sweep does not count, so it runs their slots again."""
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    for trial in trials:
-        if trial.number in running:
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
+        except ConfigError as err:
+            trial.set_user_attr(FAIL_REASON_ATTR, f"invalid config: {err}")
             study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number}: FAIL, invalid config: {err}", flush=True)
+            return None
+        with heartbeat([trial], heartbeat_s):
+            (result,) = self.launcher.launch([job], initial_job_idx=trial.number)
+        if slots.stopped:  # the job stopped for an interrupt: the sweep gives its trial back
+            return None
+        print(f"trial {trial.number}: {tell(study, trial, result)}", flush=True)
+        return result
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
-    """Tell the trial how its job ended; returns a one-line summary."""
-    # `result.return_value` would re-raise a job's exception after printing every override.
-    outcome = result._return_value
-    if result.status is JobStatus.COMPLETED:
-        return _told(study, trial, f"COMPLETE, objective {float(outcome):.2f}", float(outcome))
-    if isinstance(outcome, optuna.TrialPruned):
-        reason = trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)
-        return _told(study, trial, f"PRUNED, {reason}", state=TrialState.PRUNED)
-    if (lost := lost_service(outcome)) is not None:
-        # Every trial this worker started next would fail the same way and use up the study:
-        # it stops, and _optimize gives the trial back (not counted, its slot runs again).
-        trial.set_user_attr(FAIL_REASON_ATTR, lost)
-        raise stop_worker(trial.number, lost, isinstance(outcome, StoreFailedError))
-    reason = f"{type(outcome).__name__}: {outcome}"
-    return _told(study, trial, f"FAIL, {reason}", state=TrialState.FAIL, fail_reason=reason)
-
-
-def _stale(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Whether another process failed the trial as stale while this one was stopped past the
-    grace period (Ctrl-Z, a sleeping laptop) and has run its slot again."""
-    return bool(study._storage.get_trial(trial._trial_id).user_attrs.get(INTERRUPTED_ATTR))
-
-
-def _told(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    summary: str,
-    value: float | None = None,
-    state: TrialState | None = None,
-    fail_reason: str | None = None,
-) -> str:
-    """Tell the trial its end, unless it was failed as stale meanwhile: that end stays."""
-    if _stale(study, trial):
-        return f"{summary}; dropped, another sweep process had failed the trial as stale"
-    if fail_reason is not None:
-        trial.set_user_attr(FAIL_REASON_ATTR, fail_reason)
-    study.tell(trial, value, state=state)
-    return summary
+def _uses_joblib(launcher: Launcher | None) -> bool:
+    """Whether `launcher` is hydra-joblib-launcher's (its joblib.Parallel settings)."""
+    return isinstance(getattr(launcher, "joblib", None), dict)

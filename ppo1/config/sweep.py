@@ -63,8 +63,9 @@ class SweepConfig:
     storage: str | None = None
     # Total trials of the study: re-running the command resumes up to this many.
     n_trials: int = 20
-    # Trials asked per launcher batch (a parallel launcher runs them at once).
-    n_jobs: int = 1
+    # Trials run at once by a launcher that runs jobs in other processes (hydra/launcher=
+    # joblib, as the sweep files choose); null: the CPUs this process may use.
+    n_jobs: int | None = None
     seeds: int = 1
     objective: Objective = Objective.auc
     # Search space: config key -> Hydra sweep syntax, e.g. tag(log, interval(1e-4, 1e-2)).
@@ -94,7 +95,10 @@ class SweepConfig:
                     f"'.', '_' and '-', starting with a letter or digit",
                 ),
                 (self.n_trials < 1, f"sweep.n_trials must be >= 1, got {self.n_trials}"),
-                (self.n_jobs < 1, f"sweep.n_jobs must be >= 1, got {self.n_jobs}"),
+                (
+                    self.n_jobs is not None and self.n_jobs < 1,
+                    f"sweep.n_jobs must be >= 1, got {self.n_jobs}",
+                ),
                 (self.seeds < 1, f"sweep.seeds must be >= 1, got {self.seeds}"),
                 (self.heartbeat_s <= 0, f"sweep.heartbeat_s must be > 0, got {self.heartbeat_s}"),
                 (

@@ -25,9 +25,18 @@ from ppo1.utils.redact import redact
 # Overrides -> the config a job of the sweep gets, without its `hydra` node.
 ComposeJob = Callable[[list[str]], DictConfig]
 
-# Keys a re-run should not copy from a sweep job: the sweep itself and its quiet, light output
-# (the re-run saves its model and logs the full figures).
-_NOT_RERUN = ("sweep", "hydra", "verbose", "log_every", "save_model", "tracking.figures")
+# Keys a re-run should not copy from a sweep job: the sweep itself, its quiet, light output
+# (the re-run saves its model and logs the full figures) and its inline MLflow writes (every
+# core ran a trial; a lone re-run has a core for the writer process).
+_NOT_RERUN = (
+    "sweep",
+    "hydra",
+    "verbose",
+    "log_every",
+    "save_model",
+    "tracking.figures",
+    "tracking.writer_process",
+)
 
 
 def _finished(study: optuna.Study) -> list[FrozenTrial]:

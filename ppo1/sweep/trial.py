@@ -17,6 +17,7 @@ from ppo1.tracked import train
 from ppo1.tracking.names import sweep_run_name
 from ppo1.tracking.tracker import Tracker
 from ppo1.utils.redact import redact_tree
+from ppo1.utils.signals import sigterm_as_interrupt
 
 
 def trial_tags(sweep: SweepConfig, number: int, parent_run_id: str | None) -> dict[str, str]:
@@ -70,7 +71,8 @@ def run_trial(cfg: TrainConfig) -> float:
     named = dataclasses.replace(
         cfg.tracking, run_name=sweep_run_name(sweep, cfg.tracking, trial.number)
     )
-    with Tracker(named, plain, tags) as trial_run:
+    # In a launcher's worker process as in the sweep's: SIGTERM ends the runs KILLED.
+    with sigterm_as_interrupt(), Tracker(named, plain, tags) as trial_run:
         try:
             value = train_seeds(cfg, sweep, trial, trial_run)
         except NonFiniteLossError as err:

@@ -1,0 +1,158 @@
+"""`python -m benchmarks.sweep_bench`: sweeps side by side, where their wall clock goes.
+
+    python -m benchmarks.sweep_bench                     # both measurements of docs/sweeps.md
+    python -m benchmarks.sweep_bench --only jobs --repeats 2
+    python -m benchmarks.sweep_bench --only pruning --pruning-trials 24
+
+`jobs`: the default sweep (`sweep=clip_epochs_lr`, 16 trials) with `sweep.n_jobs=2` and with
+`sweep.n_jobs=1`, interleaved repeat by repeat so both see the same machine load, at the same
+sampler seed. `pruning`: a 40-trial sweep with its pruners and with them off (`sweep.pruner=null
+sweep.kl=null`), at 2 jobs. Each sweep is a fresh `python -m ppo1.train -m` process on a fresh
+journal and SQLite store in a temporary folder. Per sweep it reports the wall clock; the CPU
+time of its processes (which other load on the machine does not inflate, unlike the wall
+clock); the env steps its trials spent; the best objective; and the fixed cost: the part of the
+wall clock x jobs that is not inside a trial's training loop (`time/train_seconds`;
+evaluations count as fixed cost), with the time before the first trial starts and after the
+last ends (the study's report).
+The load average is printed with each sweep: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from ppo1.sweep.study import open_storage
+
+STUDY = "clip_epochs_lr"
+
+
+@dataclass
+class Sweep:
+    label: str
+    wall_s: float
+    first_trial_s: float  # the process's start to the first trial's start
+    last_trial_s: float  # the process's start to the last trial's end
+    train_s: float  # summed over trials: inside the training loop
+    env_steps: int
+    best: float
+    states: str
+    cpu_s: float  # user + system CPU of the sweep and its processes: what load cannot inflate
+    load: str  # the 1-minute load average before and after
+
+
+def run_sweep(label: str, folder: Path, overrides: list[str]) -> Sweep:
+    folder.mkdir(parents=True)
+    command = [
+        sys.executable,
+        "-m",
+        "ppo1.train",
+        "-m",
+        f"sweep={STUDY}",
+        f"sweep.storage={folder / 'study.journal'}",
+        f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+        *overrides,
+    ]
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.time()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if done.returncode != 0:
+        sys.exit(f"{label}: the sweep failed:\n{done.stderr[-3000:]}")
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(str(folder / "study.journal")))
+    trials = study.get_trials(deepcopy=False)
+    steps, train_s = seed_runs(folder)
+    states = [t.state.name for t in trials]
+    return Sweep(
+        label=label,
+        wall_s=wall,
+        first_trial_s=min(t.datetime_start.timestamp() for t in trials) - start,  # type: ignore[union-attr]
+        last_trial_s=max(t.datetime_complete.timestamp() for t in trials) - start,  # type: ignore[union-attr]
+        train_s=train_s,
+        env_steps=steps,
+        best=study.best_value,
+        states=", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))),
+        cpu_s=cpu,
+        load=f"{load:.1f} -> {os.getloadavg()[0]:.1f}",
+    )
+
+
+def seed_runs(folder: Path) -> tuple[int, float]:
+    """Env steps and training-loop seconds over the sweep's seed runs (the last update's
+    `losses/kl` step is the env steps that run collected)."""
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ppo1")
+    assert experiment is not None
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`ppo1.role` = 'seed'", max_results=10000
+    )
+    steps = sum(
+        max(m.step for m in client.get_metric_history(r.info.run_id, "losses/kl")) for r in runs
+    )
+    return steps, sum(r.data.metrics["time/train_seconds"] for r in runs)
+
+
+def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
+    lines = [
+        "| sweep | wall s | CPU s | first trial at s | report s | fixed cost | env steps | best "
+        "| trials | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in sweeps:
+        fixed = 1 - s.train_s / (s.wall_s * jobs[s.label])
+        lines.append(
+            f"| {s.label} | {s.wall_s:.1f} | {s.cpu_s:.1f} | {s.first_trial_s:.1f} | "
+            f"{s.wall_s - s.last_trial_s:.1f} | {fixed:.0%} | {s.env_steps} | {s.best:.1f} | "
+            f"{s.states} | {s.load} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=("jobs", "pruning"))
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--pruning-trials", type=int, default=40)
+    args = parser.parse_args(argv)
+    plans: list[tuple[str, int, list[str]]] = []
+    for i in range(args.repeats):
+        if args.only in (None, "jobs"):
+            n = f"sweep.n_trials={args.trials}"
+            plans += [(f"n_jobs=2 #{i}", 2, [n, "sweep.n_jobs=2"])]
+            plans += [(f"n_jobs=1 #{i}", 1, [n, "sweep.n_jobs=1"])]
+        if args.only in (None, "pruning"):
+            n = f"sweep.n_trials={args.pruning_trials}"
+            plans += [(f"pruned #{i}", 2, [n, "sweep.n_jobs=2"])]
+            plans += [
+                (
+                    f"pruners off #{i}",
+                    2,
+                    [n, "sweep.n_jobs=2", "sweep.pruner=null", "sweep.kl=null"],
+                )
+            ]
+    sweeps = []
+    jobs = {label: n for label, n, _ in plans}
+    with tempfile.TemporaryDirectory(prefix="ppo1-sweep-bench-") as tmp:
+        for k, (label, _, overrides) in enumerate(plans):
+            sweeps.append(run_sweep(label, Path(tmp) / str(k), overrides))
+            print(table(sweeps[-1:], jobs).splitlines()[-1], flush=True)
+    print(f"\n{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable\n")
+    print(table(sweeps, jobs))
+
+
+if __name__ == "__main__":
+    main()
