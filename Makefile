@@ -8,7 +8,7 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 BENCH := $(VENV)/.installed-bench
 
-.PHONY: install train test lint bench ui
+.PHONY: install train test lint bench results ui
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -48,6 +48,10 @@ test: lint $(CHROMIUM)
 # make bench ARGS="env=pendulum --repeats 2"
 bench: $(BENCH)
 	$(PY) -m benchmarks.bench $(ARGS)
+
+# make results ARGS="--rows pendulum,acrobot --seeds 3"; --quick for the cheap rows (docs/results.md)
+results: $(RUNTIME)
+	$(PY) -m benchmarks.results $(ARGS)
 
 ui: $(RUNTIME)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -85,7 +85,7 @@ class EnvConfig:
     # None keeps the registered TimeLimit of the env.
     max_episode_steps: int | None = None
     # Feed the policy (obs - running mean) / running std, clipped to +-clip_obs: SB3's
-    # VecNormalize without reward scaling. The statistics are saved with the policy.
+    # VecNormalize for observations. The statistics are saved with the policy.
     normalize_obs: bool = False
     clip_obs: float = 10.0
     # Train on r_t / sqrt(Var[R_t] + 1e-8), clipped to +-clip_reward, where R_t is each env's
