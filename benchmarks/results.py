@@ -2,6 +2,7 @@
 
     python -m benchmarks.results                          # every row, 5 seeds, presets' budgets
     python -m benchmarks.results --rows pendulum,acrobot --seeds 3
+    python -m benchmarks.results --rows cartpole --algo sb_ppo1   # one row of several per env
     python -m benchmarks.results --rows lunarlander --steps 200000   # below the preset's budget
     python -m benchmarks.results --quick                  # cheap rows, small budgets, thresholds
 
@@ -143,15 +144,17 @@ def run_rows(
 ) -> list[RowResult]:
     """Every (row, its budget) for every seed, `jobs` training processes at a time."""
     results = {row.name: RowResult(row) for row, _ in rows}
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [
-            pool.submit(run_one, row, seed, uri, steps) for row, steps in rows for seed in seeds
-        ]
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = [pool.submit(run_one, row, seed, uri, steps) for row, steps in rows for seed in seeds]
+    try:
         for future in futures:
             run = future.result()
             results[run.row].runs.append(run)
             print(f"{run.row} seed {run.seed}: {run.final_eval:.1f} at {run.steps} steps "
                   f"({run.wall_seconds:.0f} s)", flush=True)  # fmt: skip
+    finally:
+        # A failed run (or Ctrl-C) starts no further runs; those under way finish.
+        pool.shutdown(cancel_futures=True)
     return list(results.values())
 
 
@@ -234,6 +237,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     names = sorted({row.env for row in ROWS})
     parser.add_argument("--rows", default=None, help=f"comma-separated envs of {names}")
+    algos = sorted({row.algo for row in ROWS})
+    parser.add_argument("--algo", choices=algos, help="only the rows of this algo")
     parser.add_argument("--seeds", type=int, help="seeds 1..N per row (default 5; --quick 3)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
     parser.add_argument("--steps", type=int, default=None, help="override every budget")
@@ -256,7 +261,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def selected_rows(args: argparse.Namespace) -> list[tuple[Row, int | None]]:
     """The rows to run and each one's budget (None: its preset's)."""
-    rows = [row for row in ROWS if args.rows is None or row.env in args.rows.split(",")]
+    rows = [
+        row
+        for row in ROWS
+        if (args.rows is None or row.env in args.rows.split(",")) and args.algo in (None, row.algo)
+    ]
     if args.quick:
         return [(row, args.steps or row.quick_steps) for row in rows if row.quick_steps]
     return [(row, args.steps) for row in rows]
