@@ -72,7 +72,7 @@ ROWS = (
     Row("cartpole", "sb_ppo1"),
     Row("cartpole", "notebook"),
     Row("acrobot", reference=Reference(-73.5, 18.2, 1_000_000, ZOO), quick_steps=50_000,
-        quick_threshold=-250),
+        quick_threshold=-300),
     Row("pendulum", reference=Reference(-172, 104, 100_000, ZOO), quick_steps=100_000,
         quick_threshold=-600),
     Row("mountaincar_continuous", reference=Reference(88.3, 2.6, 20_000, ZOO)),
