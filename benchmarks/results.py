@@ -159,7 +159,7 @@ def run_rows(
 
 
 def fmt_steps(steps: float) -> str:
-    return f"{steps / 1e6:g}M" if steps >= 1e6 else f"{steps / 1e3:g}k"
+    return f"{steps / 1e6:.3g}M" if steps >= 1e6 else f"{steps / 1e3:.4g}k"
 
 
 def table_row(result: RowResult) -> str:

@@ -69,7 +69,7 @@ def test_quick_mode_trains_the_cheap_rows_and_writes_the_table(tmp_path: Path) -
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "out"
     proc = run_module(
-        "benchmarks.results", "--quick", "--out", str(out), "--tracking-uri", uri, timeout=300
+        "benchmarks.results", "--quick", "--out", str(out), "--tracking-uri", uri, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (out / "results.md").read_text()
