@@ -113,7 +113,7 @@ def train_command(row: Row, seed: int, uri: str, steps: int | None) -> list[str]
         sys.executable, "-m", "ppo1.train", f"env={row.env}", f"algo={row.algo}",
         f"seed={seed}", "torch_threads=1", *budget, f"tracking.uri={uri}",
         f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={row.name}-seed{seed}",
-        # Two runs share the two cores: no writer process, no figures, no checkpoints.
+        # Runs share the cores (--jobs): no writer process, no figures, no checkpoints.
         "tracking.writer_process=false", "tracking.figures=none", "checkpoint_every=0",
     ]  # fmt: skip
 
