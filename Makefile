@@ -9,7 +9,7 @@ DEV := $(VENV)/.installed-dev
 BENCH := $(VENV)/.installed-bench
 CLUSTER := $(VENV)/.installed-cluster
 
-.PHONY: install train test lint bench ui postgres-server cluster-up cluster-down
+.PHONY: install train test lint bench results ui postgres-server cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -63,6 +63,10 @@ cluster-up: $(CLUSTER) postgres-server
 
 cluster-down:
 	$(PY) -m ppo1.sweep.cluster down .cluster
+
+# make results ARGS="--rows pendulum,acrobot --seeds 3"; --quick for the cheap rows (docs/results.md)
+results: $(RUNTIME)
+	$(PY) -m benchmarks.results $(ARGS)
 
 ui: $(RUNTIME)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -104,11 +104,19 @@ class Sb3Runner:
         from stable_baselines3.common.logger import Logger
 
         env = make_vec_env(self.cfg.env.id, n_envs=self.cfg.env.num_envs, seed=seed)
-        if self.cfg.env.normalize_obs:
+        env_cfg = self.cfg.env
+        if env_cfg.normalize_obs or env_cfg.normalize_reward:
             from stable_baselines3.common.vec_env import VecNormalize
 
-            # SB3's counterpart of env.normalize_obs: running mean/std, clipped, no reward scaling.
-            env = VecNormalize(env, norm_reward=False, clip_obs=self.cfg.env.clip_obs)
+            # SB3's counterpart of env.normalize_obs and env.normalize_reward.
+            env = VecNormalize(
+                env,
+                norm_obs=env_cfg.normalize_obs,
+                norm_reward=env_cfg.normalize_reward,
+                clip_obs=env_cfg.clip_obs,
+                clip_reward=env_cfg.clip_reward,
+                gamma=self.cfg.algo.gamma,
+            )
         model = PPO("MlpPolicy", env, seed=seed, **self.kwargs)
         # learn() would configure its own, which writes nothing at verbose=0 but leaves an empty
         # SB3-<time> directory in the temp dir every call: this one writes nowhere, no folder.

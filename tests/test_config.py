@@ -232,3 +232,43 @@ def test_help_config_and_completion_still_answer() -> None:
         "ppo1.train", "-sc", "query=bash", env={"COMP_LINE": line, "COMP_POINT": str(len(line))}
     )
     assert completed.returncode == 0 and completed.stdout.split() == ["env=cartpole"]
+
+
+def test_an_env_choice_brings_its_tuned_preset(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["env=pendulum"])
+    a = cfg.algo
+    # RL Zoo's Pendulum-v1 settings (conf/env/pendulum.yaml), not the CartPole ones.
+    assert (cfg.env.num_envs, a.n_steps, a.gamma, a.gae_lambda, a.epochs, a.minibatch_size) == (
+        4,
+        1024,
+        0.9,
+        0.95,
+        10,
+        64,
+    )
+    assert (a.lr, a.anneal_clip, cfg.schedule.kind.value) == (1e-3, False, "constant")
+    assert (cfg.total_timesteps, cfg.eval.every) == (100_000, 5)
+    hopper = compose_cfg(["env=hopper"])
+    assert hopper.env.normalize_obs and hopper.env.normalize_reward
+    assert hopper.algo.net.hidden == [256, 256] and hopper.algo.net.activation.value == "relu"
+
+
+def test_the_command_line_overrides_the_preset(compose_cfg: Compose) -> None:
+    cfg = compose_cfg(["env=pendulum", "algo.lr=3e-4", "schedule=linear", "total_timesteps=5000"])
+    assert (cfg.algo.lr, cfg.schedule.kind.value, cfg.total_timesteps) == (3e-4, "linear", 5000)
+    assert cfg.algo.n_steps == 1024  # the rest of the preset stays
+
+
+def test_sb_ppo1_replaces_the_presets_hyperparameters_but_keeps_its_env_and_budget(
+    compose_cfg: Compose,
+) -> None:
+    cfg = compose_cfg(["algo=sb_ppo1", "env=pendulum"])
+    assert (cfg.algo.n_steps, cfg.algo.gamma, cfg.schedule.kind.value) == (256, 0.99, "linear")
+    assert (cfg.env.id, cfg.total_timesteps, cfg.eval.every) == ("Pendulum-v1", 100_000, 5)
+
+
+@pytest.mark.parametrize("env", options("env"))
+def test_every_preset_says_where_its_settings_come_from(env: str) -> None:
+    text = (CONF / "env" / f"{env}.yaml").read_text()
+    assert text.startswith("# @package _global_\n")
+    assert "RL Zoo" in text and "hyperparams/ppo.yml" in text and "benchmark" in text

@@ -152,8 +152,8 @@ def test_observation_statistics_train_and_travel_with_the_policy(
     local = client.download_artifacts(str(result.run_id), "model/policy.pt", str(tmp_path))
     agent, loaded_cfg = load_checkpoint(Path(local))
     assert loaded_cfg.env.normalize_obs and agent.obs_norm is not None
-    # Both updates' rollouts (2 x 256 observations) went into the statistics.
-    assert float(agent.obs_norm.count) == pytest.approx(512 + 1e-4)
+    # The one update's rollout (the Pendulum preset's 4 x 1024 observations) went into them.
+    assert float(agent.obs_norm.count) == pytest.approx(4096 + 1e-4)
     # Pendulum observes (cos, sin, angular velocity): the velocity spreads much wider.
     assert agent.obs_norm.var[2] > 2 * agent.obs_norm.var[:2].max()
     # The saved statistics are used: evaluating with them differs from evaluating without.
@@ -162,6 +162,23 @@ def test_observation_statistics_train_and_travel_with_the_policy(
     agent.obs_norm = None
     without = evaluate(agent, env, episodes=2, seed=0)
     assert with_stats.shape == (2,) and not np.array_equal(with_stats, without)
+
+
+def test_reward_statistics_train_and_travel_with_the_policy(
+    compose_cfg: Compose, mlflow_uri: str, tmp_path: Path
+) -> None:
+    overrides = ["env=pendulum", "env.normalize_reward=true", f"tracking.uri={mlflow_uri}"]
+    result = train(compose_cfg([*overrides, *TINY]))
+    client = MlflowClient(mlflow_uri)
+    local = client.download_artifacts(str(result.run_id), "model/policy.pt", str(tmp_path))
+    agent, loaded_cfg = load_checkpoint(Path(local))
+    assert loaded_cfg.env.normalize_reward and agent.reward_norm is not None
+    # One discounted return per env and step: 4 envs x 1024 steps.
+    assert float(agent.reward_norm.stats.count) == pytest.approx(4096 + 1e-4)
+    assert float(agent.reward_norm.stats.var) > 1.0  # Pendulum's returns spread by tens
+    # Training episodes keep raw returns: an untrained Pendulum policy scores about -1200 per
+    # 200-step episode; scaled rewards (about -0.3 each) would sum to about -60.
+    assert np.mean([e.ret for e in result.episodes]) < -500
 
 
 @pytest.mark.parametrize("env_name", sorted(p.stem for p in (CONF / "env").glob("*.yaml")))
@@ -286,7 +303,8 @@ def test_training_never_imports_mlflow(tmp_path: Path, tracked: bool) -> None:
 
 
 def test_continuous_actions_train_through_the_same_path(compose_cfg: Compose) -> None:
-    cfg = compose_cfg(["env=pendulum", *TINY, "tracking.enabled=false"])
+    # 4 envs x 64 steps (the preset's 1024 would make one update of the 512 steps).
+    cfg = compose_cfg(["env=pendulum", "algo.n_steps=64", *TINY, "tracking.enabled=false"])
     result = train(cfg)
     assert len(result.history) == 2 and np.isfinite(result.final_eval)
     assert result.history[-1]["losses/kl"] > 0

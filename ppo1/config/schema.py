@@ -70,15 +70,21 @@ class EnvConfig:
     # None keeps the registered TimeLimit of the env.
     max_episode_steps: int | None = None
     # Feed the policy (obs - running mean) / running std, clipped to +-clip_obs: SB3's
-    # VecNormalize without reward scaling. The statistics are saved with the policy.
+    # VecNormalize for observations. The statistics are saved with the policy.
     normalize_obs: bool = False
     clip_obs: float = 10.0
+    # Train on r_t / sqrt(Var[R_t] + 1e-8), clipped to +-clip_reward, where R_t is each env's
+    # running discounted return (gamma = algo.gamma): SB3 VecNormalize's reward scaling, which
+    # RL Zoo turns on with `normalize: true`. Episode returns and evaluation stay raw.
+    normalize_reward: bool = False
+    clip_reward: float = 10.0
 
     def __post_init__(self) -> None:
         raise_if(
             [
                 (self.num_envs < 1, f"env.num_envs must be >= 1, got {self.num_envs}"),
                 (self.clip_obs <= 0, f"env.clip_obs must be > 0, got {self.clip_obs}"),
+                (self.clip_reward <= 0, f"env.clip_reward must be > 0, got {self.clip_reward}"),
                 (
                     self.max_episode_steps is not None and self.max_episode_steps < 1,
                     f"env.max_episode_steps must be >= 1 or null, got {self.max_episode_steps}",

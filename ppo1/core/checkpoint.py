@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ppo1.config import ConfigError, TrainConfig, to_plain_dict
 from ppo1.core.envs import make_vector_env
-from ppo1.core.networks import ActorCritic, ObsNormalizer
+from ppo1.core.networks import ActorCritic, ObsNormalizer, RewardNormalizer
 
 RESUME_FILE = "resume.pt"
 POLICY_FILE = "policy.pt"
@@ -37,7 +37,13 @@ def build_agent(cfg: TrainConfig, env: VectorEnv) -> ActorCritic:
     assert obs_space.shape is not None
     obs_dim = obs_space.shape[0]
     norm = ObsNormalizer(obs_dim, cfg.env.clip_obs) if cfg.env.normalize_obs else None
-    return ActorCritic(obs_dim, env.single_action_space, cfg.algo.net, norm)  # type: ignore[arg-type]
+    # Sized by the config, not `env`: evaluation rebuilds the agent around a single env.
+    reward_norm = (
+        RewardNormalizer(cfg.env.num_envs, cfg.algo.gamma, cfg.env.clip_reward)
+        if cfg.env.normalize_reward
+        else None
+    )
+    return ActorCritic(obs_dim, env.single_action_space, cfg.algo.net, norm, reward_norm)  # type: ignore[arg-type]
 
 
 def save_atomically(payload: dict[str, Any], path: Path) -> None:

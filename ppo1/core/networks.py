@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -81,6 +82,35 @@ class ObsNormalizer(nn.Module):
         self.count.fill_(total)
 
 
+class RewardNormalizer(nn.Module):
+    """SB3 VecNormalize's reward scaling: r_t / sqrt(Var[R] + 1e-8), clipped to +-clip.
+
+    R_t = gamma R_{t-1} + r_t is each env's discounted return so far (zero at an episode's
+    start); Var[R] is its running variance over every env and step (an `ObsNormalizer` of one
+    feature keeps it). Dividing by the return's scale, not the reward's, keeps the value
+    targets near unit size whatever the horizon. Only training sees scaled rewards.
+    """
+
+    returns: Tensor
+
+    def __init__(self, num_envs: int, gamma: float, clip: float) -> None:
+        super().__init__()
+        self.gamma, self.clip = gamma, clip
+        self.stats = ObsNormalizer(1, clip)
+        # Not persistent: a resumed run restarts its episodes, so R restarts at zero too.
+        self.register_buffer("returns", torch.zeros(num_envs, dtype=torch.float64), False)
+
+    @torch.no_grad()
+    def scale(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """One vector step's rewards, scaled; the statistics first take this step's R_t."""
+        r = torch.as_tensor(rewards, dtype=torch.float64)
+        self.returns.mul_(self.gamma).add_(r)
+        self.stats.update(self.returns.unsqueeze(-1).float())
+        scaled = (r * torch.rsqrt(self.stats.var.double() + 1e-8)).clamp_(-self.clip, self.clip)
+        self.returns[torch.as_tensor(dones)] = 0.0
+        return scaled.numpy()
+
+
 class ActorCritic(nn.Module):
     """pi(a|s) and V(s); separate towers by default, as SB PPO1's MlpPolicy has, or one shared
     trunk under both heads (`algo.net.shared`, the seed notebook's network).
@@ -98,10 +128,12 @@ class ActorCritic(nn.Module):
         action_space: gym.spaces.Discrete | gym.spaces.Box,
         cfg: NetworkConfig,
         obs_norm: ObsNormalizer | None = None,
+        reward_norm: RewardNormalizer | None = None,
     ) -> None:
         super().__init__()
-        # A submodule, so its running statistics live in state_dict and checkpoints.
+        # Submodules, so their running statistics live in state_dict and checkpoints.
         self.obs_norm = obs_norm
+        self.reward_norm = reward_norm
         self.shared = cfg.shared
         self.activation = _ACTIVATION_FNS[cfg.activation]
         self.activation_kind = cfg.activation

@@ -144,9 +144,10 @@ class RolloutCollector:
                     env_action = np.clip(env_action, self.low, self.high)
                 obs, reward, terminated, truncated, info = self.env.step(env_action)
                 self.global_step += self.num_envs
-                buf.rewards_np[t] = reward
                 buf.terminated_np[t] = terminated
                 done = np.logical_or(terminated, truncated, out=buf.dones_np[t])
+                norm = self.agent.reward_norm
+                buf.rewards_np[t] = reward if norm is None else norm.scale(reward, done)
                 if t + 1 < n_steps:
                     buf.obs_np[t + 1] = obs
                 else:
