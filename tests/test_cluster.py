@@ -313,7 +313,7 @@ def test_a_worker_that_loses_the_database_stops_with_one_line(tmp_path: Path) ->
     own = up(folder)  # a server of its own to stop: the module's serves the other tests
     try:
         command = worker_command(
-            "lost_db", own.database_url("optuna"), "sweep.n_trials=2", "total_timesteps=20000",
+            "lost_db", own.database_url("optuna"), "sweep.n_trials=2", "total_timesteps=300000",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         )  # fmt: skip
         (worker,) = start_workers(own, tmp_path, [command])
