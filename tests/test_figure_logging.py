@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from ppo1 import dashboard
 from ppo1.config import TrainConfig
 from ppo1.core.rollout import Episode
+from ppo1.report import pages
 from ppo1.report.figure_logger import figures_hint
 from ppo1.report.ratios import summarize
 from ppo1.report.runs import TRAINING_METRIC, RunData, curves_from_history, resolve_runs
@@ -160,7 +161,7 @@ def test_default_length_run_figures_stay_under_the_bound(tmp_path: Path) -> None
         for u in range(1, updates + 1)
     ]
     run = RunData("synthetic", curves_from_history(history, episodes), snapshots=snapshots)
-    files = dashboard.write_figures(tmp_path, run)
+    files = pages.write_figures(tmp_path, run)
     # Leave room for the model (~40 kB) and config.yaml beside the figures.
     assert sum(f.stat().st_size for f in files) <= MAX_RUN_BYTES - 100_000
 

@@ -141,7 +141,9 @@ def console(cfg: TrainConfig, tracker: Tracker | None) -> Console | None:
     """What prints training's progress, as `verbose`, `log_every` and the terminal say."""
     if cfg.verbose:
         return ProgressLines(cfg, None, every=1)  # one line per update, nothing else
-    if cfg.log_every == 0:
+    if cfg.log_every == 0 or cfg.sweep is not None:
+        # A sweep's job prints nothing of its own: the sweeper prints a line per trial, and
+        # jobs running side by side would interleave theirs with it.
         return None
     if sys.stdout.isatty():
         return ProgressBar(cfg, tracker)
