@@ -18,6 +18,8 @@ from typing import Any
 # How often a worker checks for its sweep process, and how long it may take to end its runs.
 _WATCH_S = 1.0
 _EXIT_AFTER_S = 30.0
+# The growth past its warmed-up size at which loky replaces a worker as leaking (its own: 300 MB).
+_LEAK_BYTES = int(1.5e9)
 
 
 def warm_up(settings: dict[str, Any], n: int, modules: Iterable[str]) -> None:
@@ -53,6 +55,16 @@ def prepare_worker(names: Iterable[str], sweep_pid: int) -> None:
         threading.Thread(target=watch, name="ppo1-watch-sweep", daemon=True).start()
     for name in names:
         importlib.import_module(name)
+    # loky measures a worker after its first call (this one) and replaces it once it has grown
+    # 300 MB past that. A first trial grows a warmed worker by ~300 MB (torch's and gymnasium's
+    # buffers, MLflow's store: ~250 -> ~520 MB RSS on the default sweep), then it holds steady:
+    # every worker was replaced mid-sweep and its successor paid the imports again (4 workers
+    # started for 2 slots, ~5 CPU-s each). The worker loop reads this global at each check.
+    from joblib.externals.loky import process_executor
+
+    process_executor._MAX_MEMORY_LEAK_SIZE = max(
+        process_executor._MAX_MEMORY_LEAK_SIZE, _LEAK_BYTES
+    )
 
 
 def stop_workers() -> None:
