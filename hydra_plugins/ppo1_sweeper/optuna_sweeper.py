@@ -51,7 +51,7 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
-from ppo1.sweep.workers import shut_down, stop_workers, warm_up
+from ppo1.sweep.workers import shut_down, stop_workers, uses_joblib, warm_up
 from ppo1.utils.cli import exit_with_error
 from ppo1.utils.paths import usable_cpus
 from ppo1.utils.prefetch import import_in_background
@@ -266,13 +266,13 @@ class OptunaSweeper(Sweeper):
             give_back(study, slots.stop(_STOP_WAIT_S))
             raise
         finally:
-            if n > 1 and _uses_joblib(self.launcher):
+            if n > 1 and uses_joblib(self.launcher):
                 shut_down()
         return returns
 
     def _warm_up(self, n: int) -> None:
         """Start joblib's n workers, importing what a job imports, while the study is set up."""
-        if n < 2 or not _uses_joblib(self.launcher):
+        if n < 2 or not uses_joblib(self.launcher):
             return
         warm_up(self.launcher.joblib, n, JOB_MODULES)  # type: ignore[union-attr]
 
@@ -282,7 +282,7 @@ class OptunaSweeper(Sweeper):
         if isinstance(self.launcher, BasicLauncher):
             return 1
         n = sweep.n_jobs or usable_cpus()
-        if _uses_joblib(self.launcher):
+        if uses_joblib(self.launcher):
             # joblib's pool (hydra.launcher.n_jobs, by default every CPU) as large as the slots.
             self.launcher.joblib["n_jobs"] = n  # type: ignore[union-attr]
         return n
@@ -345,8 +345,3 @@ class OptunaSweeper(Sweeper):
             return None
         print(f"trial {trial.number}: {tell(study, trial, result)}", flush=True)
         return result
-
-
-def _uses_joblib(launcher: Launcher | None) -> bool:
-    """Whether `launcher` is hydra-joblib-launcher's (its joblib.Parallel settings)."""
-    return isinstance(getattr(launcher, "joblib", None), dict)

@@ -84,3 +84,8 @@ def shut_down() -> None:
     executor = reusable_executor._executor  # joblib's one pool; no public handle to it
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+def uses_joblib(launcher: object) -> bool:
+    """Whether `launcher` is hydra-joblib-launcher's (its joblib.Parallel settings)."""
+    return isinstance(getattr(launcher, "joblib", None), dict)
