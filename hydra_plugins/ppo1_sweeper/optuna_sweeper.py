@@ -9,7 +9,6 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
-import gc
 import sys
 import threading
 from contextlib import suppress
@@ -54,7 +53,6 @@ from ppo1.sweep.study import (
 from ppo1.sweep.workers import shut_down, stop_workers, uses_joblib, warm_up
 from ppo1.utils.cli import exit_with_error
 from ppo1.utils.paths import usable_cpus
-from ppo1.utils.prefetch import import_in_background
 from ppo1.utils.redact import redact
 from ppo1.utils.signals import sigterm_as_interrupt
 
@@ -66,8 +64,6 @@ if TYPE_CHECKING:
 _STOP_WAIT_S = 15.0
 # What a trial's job imports: its task function's module, and MLflow's SQL store.
 JOB_MODULES = ("ppo1.train", "mlflow.store.tracking.sqlalchemy_store")
-# What the study's report imports, some of it only once it draws (optuna's lazy modules).
-REPORT_MODULES = ("ppo1.sweep.study_report", "optuna.visualization", "optuna.importance")
 
 
 @dataclass
@@ -161,9 +157,10 @@ class OptunaSweeper(Sweeper):
         return job_cfg
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
-        # Imported here: Hydra imports every plugin when any app starts, and this pulls in
-        # mlflow (~1 s), which a plain `python -m ppo1.train` without tracking never needs.
+        # Imported here: Hydra imports every plugin when any app starts, and these pull in
+        # mlflow (~2 s), which a plain `python -m ppo1.train` without tracking never needs.
         from ppo1.sweep.parent_run import open_study_run
+        from ppo1.sweep.study_report import report_study
 
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
@@ -190,8 +187,6 @@ class OptunaSweeper(Sweeper):
         with sigterm_as_interrupt():
             try:
                 returns = self._optimize(study, sweep, space, spec, fixed, parent, n)
-                from ppo1.sweep.study_report import report_study
-
                 report_study(study, list(space), self._job_config, fixed, parent)
             except KeyboardInterrupt:
                 # The bookkeeping is done (trials given back, see _optimize): one line, as
@@ -217,10 +212,6 @@ class OptunaSweeper(Sweeper):
         # The study run ends with the last sweep process working on it.
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             end_study_run(parent, "FINISHED")
-        # The process ends next. Its exit would walk every object of torch, mlflow and plotly
-        # in repeated garbage collections (~1 s here); one collection now, then none of them.
-        gc.collect()
-        gc.freeze()
         return returns
 
     def _optimize(
@@ -240,16 +231,9 @@ class OptunaSweeper(Sweeper):
             # them (and pay `import mlflow` again); a job writes its MLflow rows itself.
             fixed = [*fixed, "tracking.writer_process=false"]
 
-        first_end = threading.Lock()  # taken when the first trial ends, never given back
-
         def run(trial: optuna.Trial) -> None:
             if (result := self._run(study, trial, fixed, sweep.heartbeat_s, slots)) is not None:
                 returns.append(result)
-            if first_end.acquire(blocking=False):
-                # What the report at the end imports (plotly, Optuna's plots, fANOVA's
-                # scikit-learn: ~2 CPU-s) loads while trials run, not after the last; and not
-                # before the first ends, when the workers' own start-up needs both cores.
-                import_in_background(REPORT_MODULES)
 
         slots = Slots(
             n,
