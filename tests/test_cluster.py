@@ -115,7 +115,7 @@ def test_three_workers_on_one_postgres_study(cluster: Cluster, tmp_path: Path) -
     ]
     workers = start_workers(cluster, tmp_path, commands)
     outputs = [w.communicate(timeout=600) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert [w.returncode for w in workers] == [0, 0, 0], [err[-6000:] for _, err in outputs]
 
     study = load(cluster, "three")
     assert sorted(t.number for t in study.trials) == list(range(6))
