@@ -165,12 +165,12 @@ class OptunaSweeper(Sweeper):
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
         n = self._slots(sweep)
-        self._warm_up(n)
         spec = storage_spec(sweep)
         try:
             study = create_study(sweep, open_storage(spec))
         except ConfigError as err:
             exit_with_error(f"invalid sweep: {err}")
+        self._warm_up(n)  # not before: a refused storage would leave workers starting up
         with study_lock(spec, sweep.study_name):
             settings = value_settings(job_cfg, space)
             if mismatch := settings_mismatch(study, settings):
