@@ -248,6 +248,10 @@ def test_the_rerun_command_is_what_the_best_trial_trained(tmp_path: Path) -> Non
 # Trials long enough (32 updates, a few seconds) that a poll sees one training and that both
 # sweep processes are up before either could finish the study alone.
 SLOW_TRIALS = "total_timesteps=8192"
+# Trials that would train for minutes: a signal sent once one trains always finds it training
+# (a SLOW_TRIALS trial may end, and its sweep with it, while the test is between its look at
+# the study and the signal).
+STOPPED_TRIALS = "total_timesteps=1000000"
 
 
 def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
@@ -430,7 +434,7 @@ def status_of_runs(tmp_path: Path) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_sweep_gives_its_trial_back(tmp_path: Path, signum: signal.Signals) -> None:
-    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", SLOW_TRIALS)
+    command = sweep_command(tmp_path, "tiny", "sweep.n_trials=1", STOPPED_TRIALS)
     sweep = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(training(tmp_path, "tiny"), timeout=120, process=sweep)

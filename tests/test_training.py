@@ -25,6 +25,7 @@ from ppo1.core.envs import SameStepSyncEnv, make_vector_env
 from ppo1.core.evaluation import evaluate
 from ppo1.core.fast.optim import FlatAdam
 from ppo1.core.fast.update import fast_update
+from ppo1.core.loop import Loop
 from ppo1.core.networks import ActorCritic
 from ppo1.core.rollout import RolloutCollector
 from ppo1.core.update import Batch, NonFiniteLossError
@@ -33,7 +34,7 @@ from ppo1.report.progress import progress_line
 from ppo1.tracked import train
 from ppo1.tracking.store import _server_problem, open_client, tracking_uri
 from ppo1.utils.paths import usable_cpus
-from ppo1.utils.signals import sigterm_as_interrupt
+from ppo1.utils.signals import StopAfterUpdate, sigterm_as_interrupt
 
 from .conftest import CONF_DIR as CONF
 from .conftest import (
@@ -582,6 +583,25 @@ def test_an_interrupt_inside_create_run_still_marks_the_run_killed(
         return run
 
     monkeypatch.setattr(MlflowClient, "create_run", signalled_before_returning)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        train(cfg)
+    (run,) = MlflowClient(mlflow_uri).search_runs(["1"])
+    assert run.info.status == "KILLED"
+
+
+def test_a_stop_after_the_last_updates_check_is_not_lost(
+    compose_cfg: Compose, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM in the instant between the last update's check and the loop's handlers going:
+    # held by them, it must still stop the run (a sweep once ended 0 and told its trial).
+    cfg = compose_cfg([*TINY, f"tracking.uri={mlflow_uri}"])
+    updates = Loop.updates
+
+    def signalled_after_the_last_check(self: Loop, stop: StopAfterUpdate) -> None:
+        updates(self, stop)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Loop, "updates", signalled_after_the_last_check)
     with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
         train(cfg)
     (run,) = MlflowClient(mlflow_uri).search_runs(["1"])

@@ -223,12 +223,15 @@ class Loop:
         """Every update left; on the way out (Ctrl-C, SIGTERM, a pruned trial, an error) a
         checkpoint of the last finished update, or at least its metrics."""
         stop = StopAfterUpdate()
-        with signal_handlers((signal.SIGINT, signal.SIGTERM), stop):
-            try:
+        try:
+            with signal_handlers((signal.SIGINT, signal.SIGTERM), stop):
                 self.updates(stop)
-            except BaseException as err:
-                self.on_the_way_out(err)
-                raise
+            # One that came after the last update's check: the handlers it would now meet
+            # are the caller's, so it is not lost.
+            stop.check()
+        except BaseException as err:
+            self.on_the_way_out(err)
+            raise
 
     def on_the_way_out(self, err: BaseException) -> None:
         """Save what a stop left: a checkpoint of the last finished update, or its metrics."""
