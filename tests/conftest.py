@@ -21,6 +21,9 @@ from hydra import compose, initialize_config_dir
 
 from ppo1.config import CONF_DIR, TrainConfig, register_configs, to_train_config
 
+# The tests' own configs (tests/conf/sweep), added with hydra.searchpath.
+TEST_CONF = Path(__file__).resolve().parent / "conf"
+
 # A budget small enough for unit-level training runs.
 TINY = ["total_timesteps=512", "eval.episodes=2", "eval.every=1", "verbose=false"]
 

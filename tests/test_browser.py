@@ -20,9 +20,8 @@ from ppo1.report.runs import RunData, load_run, resolve_runs
 from ppo1.tracked import train
 from ppo1.tracking.urls import ui_address
 from tests.browser import offline_page
-from tests.conftest import TINY, mlflow_serving, refused, run_module
+from tests.conftest import TEST_CONF, TINY, mlflow_serving, refused, run_module
 from tests.test_figure_logging import FIGURES
-from tests.test_sweep import TEST_CONF
 
 pytestmark = pytest.mark.slow
 STORE = "sqlite:///mlflow.db"  # any local store: served where the printed command serves it

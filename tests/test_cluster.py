@@ -37,11 +37,16 @@ from ppo1.sweep.study import (
     study_lock,
 )
 from ppo1.tracking.ops import PID_TAG
-from tests.conftest import free_port, mlflow_serving, one_error_line, run_module, wait_until
+from tests.conftest import (
+    TEST_CONF,
+    free_port,
+    mlflow_serving,
+    one_error_line,
+    run_module,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-TEST_CONF = Path(__file__).resolve().parent / "conf"
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ValidationError
 
-from ppo1.config import ConfigError, TrainConfig
+from ppo1.config import CONF_DIR, ConfigError, TrainConfig
 
 from .conftest import one_error_line, run_module
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 Compose = Callable[[list[str]], TrainConfig]
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -269,6 +267,6 @@ def test_sb_ppo1_replaces_the_presets_hyperparameters_but_keeps_its_env_and_budg
 
 @pytest.mark.parametrize("env", options("env"))
 def test_every_preset_says_where_its_settings_come_from(env: str) -> None:
-    text = (CONF / "env" / f"{env}.yaml").read_text()
+    text = (CONF_DIR / "env" / f"{env}.yaml").read_text()
     assert text.startswith("# @package _global_\n")
     assert "RL Zoo" in text and "hyperparams/ppo.yml" in text and "benchmark" in text

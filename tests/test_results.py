@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.results import EXPERIMENT, ROWS
 from benchmarks.stats import iqm, stratified_bootstrap_ci
+from ppo1.config import CONF_DIR
 from tests.conftest import one_error_line, run_module
 
 
@@ -37,9 +38,9 @@ def test_the_bootstrap_interval_spans_the_resampled_iqms() -> None:
 
 
 def test_every_row_names_a_shipped_preset_and_each_reference_its_source() -> None:
-    conf = Path(__file__).resolve().parents[1] / "conf"
     for row in ROWS:
-        assert (conf / "env" / f"{row.env}.yaml").exists() and (conf / "algo" / f"{row.algo}.yaml")
+        assert (CONF_DIR / "env" / f"{row.env}.yaml").exists()
+        assert (CONF_DIR / "algo" / f"{row.algo}.yaml").exists()
         assert row.reference is None or "RL Zoo" in row.reference.source
 
 

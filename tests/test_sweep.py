@@ -32,11 +32,9 @@ from ppo1.sweep.study import (
 )
 from ppo1.tracking.ops import PID_TAG
 from tests.browser import offline_page
-from tests.conftest import wait_until
+from tests.conftest import TEST_CONF, wait_until
 
 pytestmark = pytest.mark.slow
-
-TEST_CONF = Path(__file__).resolve().parent / "conf"
 
 
 def sweep_overrides(tmp_path: Path, name: str, *extra: str) -> list[str]:
