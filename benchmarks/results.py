@@ -5,8 +5,10 @@
     python -m benchmarks.results --rows cartpole --algo sb_ppo1   # one row of several per env
     python -m benchmarks.results --rows lunarlander --steps 200000   # below the preset's budget
     python -m benchmarks.results --quick                  # cheap rows, small budgets, thresholds
+    python -m benchmarks.results --rows hopper --impl ppo1,sb3    # beside SB3, same settings
 
-Each run is `python -m ppo1.train env=... seed=...` in its own process (torch_threads=1, at
+Each run is `python -m ppo1.train env=... seed=...` (or, for `--impl sb3`, SB3's PPO with the
+same settings: `python -m benchmarks.sb3_run`) in its own process (torch_threads=1, at
 most --jobs at once), logged to one MLflow experiment. The command writes under --out:
 results.md (the table), curves.html (evaluation curves, mean +- std over seeds, offline) and
 results.json (every run's numbers). docs/results.md explains the columns.
@@ -15,6 +17,7 @@ results.json (every run's numbers). docs/results.md explains the columns.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -42,6 +45,8 @@ from ppo1.utils.cli import exit_with_error
 from ppo1.utils.paths import project_root
 
 EXPERIMENT = "ppo1-results"
+# What --impl may train with: this project, or SB3's PPO given the same settings.
+IMPLS = ("ppo1", "sb3")
 ZOO = "RL Zoo benchmark.md (PPO, 1 agent, deterministic eval)"
 
 
@@ -63,10 +68,12 @@ class Row:
     # --quick: the budget (None: not a quick row) and the mean final return it must reach.
     quick_steps: int | None = None
     quick_threshold: float = -math.inf
+    impl: str = "ppo1"  # or "sb3": SB3's PPO given the same settings (benchmarks.sb3_run)
 
     @property
     def name(self) -> str:
-        return self.env if self.algo == "ppo_clip" else f"{self.env} algo={self.algo}"
+        name = self.env if self.algo == "ppo_clip" else f"{self.env} algo={self.algo}"
+        return name if self.impl == "ppo1" else f"{name} ({self.impl})"
 
 
 ROWS = (
@@ -112,10 +119,12 @@ _RUN_LINE = re.compile(r"MLflow run ([0-9a-f]{32})")
 def train_command(row: Row, seed: int, uri: str, steps: int | None) -> list[str]:
     """The training process of one run: the preset as a user gets it, tracked, one thread."""
     budget = [] if steps is None else [f"total_timesteps={steps}"]
+    module = "ppo1.train" if row.impl == "ppo1" else "benchmarks.sb3_run"
+    run_name = re.sub(r"\W+", "-", row.name).strip("-")
     return [
-        sys.executable, "-m", "ppo1.train", f"env={row.env}", f"algo={row.algo}",
+        sys.executable, "-m", module, f"env={row.env}", f"algo={row.algo}",
         f"seed={seed}", "torch_threads=1", *budget, f"tracking.uri={uri}",
-        f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={row.name}-seed{seed}",
+        f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={run_name}-seed{seed}",
         # Runs share the cores (--jobs): no writer process, no figures, no checkpoints.
         "tracking.writer_process=false", "tracking.figures=none", "checkpoint_every=0",
     ]  # fmt: skip
@@ -173,8 +182,9 @@ def table_row(result: RowResult) -> str:
     sps = float(np.mean([r.steps / r.train_seconds for r in runs]))
     ref = row.reference
     published = "—" if ref is None else f"{ref.mean:g} ± {ref.std:g} at {fmt_steps(ref.steps)}"
+    algo = row.algo if row.impl == "ppo1" else f"{row.algo}, SB3's PPO"
     cells = [
-        row.env, row.algo, fmt_steps(steps), f"{finals.mean():.1f} ± {finals.std():.1f}",
+        row.env, algo, fmt_steps(steps), f"{finals.mean():.1f} ± {finals.std():.1f}",
         f"{iqm(finals):.1f} [{lo:.1f}, {hi:.1f}]", str(len(runs)), f"{wall:.0f} s",
         f"{sps:,.0f}", published, "—" if ref is None else ref.source,
     ]  # fmt: skip
@@ -243,6 +253,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     algos = sorted({row.algo for row in ROWS})
     parser.add_argument("--algo", choices=algos, help="only the rows of this algo")
     parser.add_argument("--seeds", type=int, help="seeds 1..N per row (default 5; --quick 3)")
+    parser.add_argument(
+        "--impl", default="ppo1", help=f"comma-separated implementations of {list(IMPLS)}"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
     parser.add_argument("--steps", type=int, default=None, help="override every budget")
     parser.add_argument("--quick", action="store_true", help="cheap rows, small budgets, checks")
@@ -253,6 +266,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         unknown = set(args.rows.split(",")) - set(names)
         if unknown:
             parser.error(f"--rows: unknown {sorted(unknown)}; choose from {names}")
+    if unknown := set(args.impl.split(",")) - set(IMPLS):
+        parser.error(f"--impl: unknown {sorted(unknown)}; choose from {list(IMPLS)}")
     if (
         (args.seeds is not None and args.seeds < 1)
         or args.jobs < 1
@@ -270,7 +285,10 @@ def selected_rows(args: argparse.Namespace) -> list[tuple[Row, int | None]]:
         if (args.rows is None or row.env in args.rows.split(",")) and args.algo in (None, row.algo)
     ]
     if args.quick:
-        return [(row, args.steps or row.quick_steps) for row in rows if row.quick_steps]
+        rows = [row for row in rows if row.quick_steps]
+    rows = [dataclasses.replace(row, impl=impl) for row in rows for impl in args.impl.split(",")]
+    if args.quick:
+        return [(row, args.steps or row.quick_steps) for row in rows]
     return [(row, args.steps) for row in rows]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,37 +92,49 @@ def sb3_kwargs(cfg: TrainConfig) -> tuple[dict[str, Any], list[str]]:
     return kwargs, differences
 
 
+def sb3_model(cfg: TrainConfig, seed: int) -> Any:
+    """SB3 PPO on its own vector env (VecNormalize where cfg normalises), with cfg's settings."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
+
+    env = make_vec_env(cfg.env.id, n_envs=cfg.env.num_envs, seed=seed)
+    env_cfg = cfg.env
+    if env_cfg.normalize_obs or env_cfg.normalize_reward:
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        # SB3's counterpart of env.normalize_obs and env.normalize_reward.
+        env = VecNormalize(
+            env,
+            norm_obs=env_cfg.normalize_obs,
+            norm_reward=env_cfg.normalize_reward,
+            clip_obs=env_cfg.clip_obs,
+            clip_reward=env_cfg.clip_reward,
+            gamma=cfg.algo.gamma,
+        )
+    kwargs, _ = sb3_kwargs(cfg)
+    model = PPO("MlpPolicy", env, seed=seed, **kwargs)
+    # learn() would configure its own, which writes nothing at verbose=0 but leaves an empty
+    # SB3-<time> directory in the temp dir every call: this one writes nowhere, no folder.
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+def sb3_policy(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The deterministic SB3 policy on raw observations (normalised with VecNormalize's
+    statistics as they stand, when it has them)."""
+    normalize = getattr(model.get_env(), "normalize_obs", lambda obs: obs)
+    return lambda obs: model.predict(normalize(obs), deterministic=True)[0]
+
+
 class Sb3Runner:
     """The benchmark's measurements for SB3 PPO, mirroring benchmarks.bench's functions."""
 
     def __init__(self, cfg: TrainConfig, budget: Budget) -> None:
         self.cfg, self.budget = cfg, budget
-        self.kwargs, self.differences = sb3_kwargs(cfg)
 
     def model(self, seed: int) -> Any:
-        from stable_baselines3 import PPO
-        from stable_baselines3.common.env_util import make_vec_env
-        from stable_baselines3.common.logger import Logger
-
-        env = make_vec_env(self.cfg.env.id, n_envs=self.cfg.env.num_envs, seed=seed)
-        env_cfg = self.cfg.env
-        if env_cfg.normalize_obs or env_cfg.normalize_reward:
-            from stable_baselines3.common.vec_env import VecNormalize
-
-            # SB3's counterpart of env.normalize_obs and env.normalize_reward.
-            env = VecNormalize(
-                env,
-                norm_obs=env_cfg.normalize_obs,
-                norm_reward=env_cfg.normalize_reward,
-                clip_obs=env_cfg.clip_obs,
-                clip_reward=env_cfg.clip_reward,
-                gamma=self.cfg.algo.gamma,
-            )
-        model = PPO("MlpPolicy", env, seed=seed, **self.kwargs)
-        # learn() would configure its own, which writes nothing at verbose=0 but leaves an empty
-        # SB3-<time> directory in the temp dir every call: this one writes nowhere, no folder.
-        model.set_logger(Logger(folder=None, output_formats=[]))
-        return model
+        return sb3_model(self.cfg, seed)
 
     def env_sps(self, seed: int, forward: bool) -> float:
         """Random actions through SB3's vector env, optionally plus one policy forward."""
@@ -200,13 +213,8 @@ class Sb3Runner:
                     return
                 seconds = time.perf_counter() - self.start - self.eval_seconds
                 eval_start = time.perf_counter()
-                # With VecNormalize the policy expects normalised observations (frozen here).
-                normalize = getattr(self.model.get_env(), "normalize_obs", lambda obs: obs)
                 returns = run_episodes(
-                    lambda obs: self.model.predict(normalize(obs), deterministic=True)[0],
-                    eval_env,
-                    cfg.eval.episodes,
-                    seed + 10_000,
+                    sb3_policy(self.model), eval_env, cfg.eval.episodes, seed + 10_000
                 )
                 self.eval_seconds += time.perf_counter() - eval_start
                 watch.see(self.num_timesteps, seconds, float(returns.mean()))

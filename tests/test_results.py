@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from benchmarks.results import EXPERIMENT, ROWS
 from benchmarks.stats import iqm, stratified_bootstrap_ci
 from ppo1.config import CONF_DIR
+from ppo1.report.plots import EVAL_RETURN
 from tests.conftest import one_error_line, run_module
 
 
@@ -49,6 +50,7 @@ def test_every_row_names_a_shipped_preset_and_each_reference_its_source() -> Non
     [
         (["--rows", "cartpol"], "--rows: unknown ['cartpol']"),
         (["--seeds", "0"], "--seeds, --jobs and --steps must be >= 1"),
+        (["--impl", "ppo1,sb2"], "--impl: unknown ['sb2']; choose from ['ppo1', 'sb3']"),
     ],
 )
 def test_bad_arguments_are_refused_with_one_line(args: list[str], message: str) -> None:
@@ -92,3 +94,26 @@ def test_quick_mode_trains_the_cheap_rows_and_writes_the_table(tmp_path: Path) -
     assert {r.info.run_id for r in logged} == {r["run_id"] for r in runs}
     assert all(r.info.status == "FINISHED" for r in logged)
     assert "plotly" in (out / "curves.html").read_text()[:200_000].lower()
+
+
+@pytest.mark.slow
+def test_an_sb3_row_trains_the_same_settings_and_evaluates_alike(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    proc = run_module(
+        "benchmarks.results", "--rows", "cartpole", "--algo", "ppo_clip", "--impl", "ppo1,sb3",
+        "--seeds", "1", "--steps", "50000", "--out", str(out), "--tracking-uri", uri, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in (out / "results.md").read_text().splitlines() if "| cartpole" in line]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert [c[1] for c in cells] == ["ppo_clip", "ppo_clip, SB3's PPO"]
+    runs = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
+    client = MlflowClient(uri)
+    ours, sb3 = runs["cartpole"]["run_id"], runs["cartpole (sb3)"]["run_id"]
+    assert client.get_run(sb3).data.tags["ppo1.role"] == "sb3-peer"
+    # Evaluated at the same steps, on the same envs and episodes: the rows compare.
+    steps = [[m.step for m in client.get_metric_history(r, EVAL_RETURN)] for r in (ours, sb3)]
+    assert steps[0] == steps[1] and len(steps[0]) >= 2
+    # SB3 learns with the preset too (a random policy scores about 20).
+    assert runs["cartpole (sb3)"]["final_eval"] > 100

@@ -170,11 +170,13 @@ class OptunaSweeper(Sweeper):
             study = create_study(sweep, open_storage(spec))
         except ConfigError as err:
             exit_with_error(f"invalid sweep: {err}")
-        self._warm_up(n)  # not before: a refused storage would leave workers starting up
         with study_lock(spec, sweep.study_name):
             settings = value_settings(job_cfg, space)
             if mismatch := settings_mismatch(study, settings):
                 exit_with_error(mismatch)
+            # Not before: a refused storage or settings would leave workers starting up. The
+            # MLflow run opens while they start.
+            self._warm_up(n)
             try:  # under the lock: sweep processes must not create a new store's tables at once
                 parent = open_study_run(tracking, sweep, spec)
             except ConfigError as err:
