@@ -19,8 +19,11 @@ def positive_int(text: str) -> int:
 
 
 def checkpoint_path(target: str, uri: str | None, tmp: str) -> Path:
-    """`target` if it is a file, else the policy.pt of the MLflow run with that id."""
-    from ppo1.core.checkpoint import CheckpointError
+    """`target` if it is a file, else the policy of the MLflow run with that id: its model
+    artifact, or else what its checkpoint folder holds (the policy.pt of a run whose artifact
+    upload failed, the resume.pt of an interrupted run)."""
+    from ppo1.core.checkpoint import POLICY_FILE, RESUME_FILE, CheckpointError
+    from ppo1.tracking.resume import CHECKPOINT_TAG
 
     path = Path(target)
     if path.is_file():
@@ -29,18 +32,24 @@ def checkpoint_path(target: str, uri: str | None, tmp: str) -> Path:
 
     client = open_client(tracking_uri(TrackingConfig(uri=uri)))
     try:
-        client.get_run(target)
+        run = client.get_run(target)
     except MlflowException as err:
         raise CheckpointError(
             f"{target!r} is neither a file nor a run in {client.tracking_uri}"
         ) from err
     try:
-        return Path(client.download_artifacts(target, "model/policy.pt", tmp))
-    except (MlflowException, OSError) as err:
-        raise CheckpointError(
-            f"run {target} has no saved model (model/policy.pt); sweep trials, interrupted "
-            "runs and runs with save_model=false keep none"
-        ) from err
+        return Path(client.download_artifacts(target, f"model/{POLICY_FILE}", tmp))
+    except (MlflowException, OSError):
+        pass
+    folder = run.data.tags.get(CHECKPOINT_TAG)
+    for name in (POLICY_FILE, RESUME_FILE):
+        if folder is not None and (Path(folder) / name).is_file():
+            print(f"run {target} has no model artifact: evaluating {Path(folder) / name}")
+            return Path(folder) / name
+    raise CheckpointError(
+        f"run {target} has no saved model (model/{POLICY_FILE}) and no checkpoint on this "
+        "machine (sweep trials keep neither)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from ppo1.core.update import Batch, NonFiniteLossError
 from ppo1.evaluate import main as evaluate_cli
 from ppo1.report.progress import progress_line
 from ppo1.tracked import train
+from ppo1.tracking.resume import CHECKPOINT_TAG
 from ppo1.tracking.store import _server_problem, open_client, tracking_uri
 from ppo1.utils.paths import usable_cpus
 from ppo1.utils.signals import StopAfterUpdate, sigterm_as_interrupt
@@ -669,8 +671,16 @@ def test_divergence_message_mentions_no_run_when_untracked() -> None:
 def test_evaluate_refuses_what_it_cannot_evaluate_with_one_message(
     compose_cfg: Compose, mlflow_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A tracked run without a checkpoint, as sweep trials and interrupted runs are.
+    # A tracked run without a model artifact, as interrupted runs are: its resume.pt is
+    # evaluated while its checkpoint folder is on this machine, and refused once it is not.
     no_model = train(compose_cfg([*TINY, f"tracking.uri={mlflow_uri}", "save_model=false"]))
+    capsys.readouterr()
+    evaluate_cli([str(no_model.run_id), "--tracking-uri", mlflow_uri, "--episodes", "2"])
+    out = capsys.readouterr().out
+    folder = Path(MlflowClient(mlflow_uri).get_run(str(no_model.run_id)).data.tags[CHECKPOINT_TAG])
+    assert out.startswith(f"run {no_model.run_id} has no model artifact: evaluating {folder}/")
+    assert "CartPole-v1: mean return" in out
+    shutil.rmtree(folder)
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
     foreign = tmp_path / "weights.pt"
@@ -680,8 +690,8 @@ def test_evaluate_refuses_what_it_cannot_evaluate_with_one_message(
         ([unknown], f"error: '{unknown}' is neither a file nor a run in {mlflow_uri}"),
         (["missing/policy.pt"], "error: 'missing/policy.pt' is neither a file nor a run in"),
         ([str(text)], f"error: {text} is not a ppo1 checkpoint (UnpicklingError"),
-        ([str(foreign)], f"error: {foreign} is not a ppo1 checkpoint (KeyError: 'state_dict')"),
-        ([str(no_model.run_id)], f"error: run {no_model.run_id} has no saved model"),
+        ([str(foreign)], f"error: {foreign} is not a ppo1 checkpoint (KeyError: 'config')"),
+        ([str(no_model.run_id)], f"error: run {no_model.run_id} has no saved model (model/"),
         ([str(foreign), "--episodes", "0"], "argument --episodes: must be >= 1, got 0"),
         ([str(foreign), "--num-envs", "0"], "argument --num-envs: must be >= 1, got 0"),
     ]

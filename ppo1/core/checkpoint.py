@@ -83,8 +83,12 @@ def load_payload(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
         if missing:
             raise KeyError(missing[0])
     except Exception as err:  # torch.load raises pickle, zip, EOF and runtime errors alike
-        raise CheckpointError(f"{path} is not a ppo1 checkpoint ({_cause(err)})") from err
+        raise not_a_checkpoint(path, err) from err
     return payload
+
+
+def not_a_checkpoint(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path} is not a ppo1 checkpoint ({_cause(err)})")
 
 
 def config_from_plain(config: dict[str, Any], where: str) -> TrainConfig:
@@ -98,18 +102,22 @@ def config_from_plain(config: dict[str, Any], where: str) -> TrainConfig:
 
 
 def load_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig]:
-    """The policy and the config it was trained with; the env is rebuilt to size the network.
+    """The policy and the config it was trained with, from a policy.pt or a resume.pt (the
+    last checkpointed update of an unfinished run); the env is rebuilt to size the network.
 
     A file of another shape (another program's, another version's) is a CheckpointError
     naming the part that does not fit.
     """
-    payload = load_payload(path, ("state_dict", "config"))
+    payload = load_payload(path, ("config",))
+    weights = "agent" if "agent" in payload else "state_dict"  # resume.pt, or policy.pt
+    if weights not in payload:
+        raise not_a_checkpoint(path, KeyError(weights))
     cfg = config_from_plain(payload["config"], str(path))
     env = make_vector_env(cfg.env, 1)
     agent = build_agent(cfg, env)
     env.close()
     try:
-        agent.load_state_dict(payload["state_dict"])
+        agent.load_state_dict(payload[weights])
     except (RuntimeError, TypeError) as err:  # missing or misshapen weights; not a dict
         raise CheckpointError(
             f"{path}: its weights do not fit the {cfg.env.id} policy its config describes "
