@@ -88,6 +88,7 @@ ROWS = (
     Row("mountaincar_continuous", reference=Reference(88.3, 2.6, 20_000, ZOO)),
     Row("lunarlander", reference=Reference(242, 32, 1_000_000, f"{ZOO}; LunarLander-v2")),
     Row("hopper", reference=Reference(2410, 10, 1_000_000, f"{ZOO}; Hopper-v3")),
+    Row("walker2d", reference=Reference(3479, 822, 1_000_000, f"{ZOO}; Walker2d-v3")),
     Row("halfcheetah", reference=Reference(5819, 664, 1_000_000, f"{ZOO}; HalfCheetah-v3")),
 )  # fmt: skip
 

@@ -184,7 +184,7 @@ BAD_INPUT = [
         ["env=cartpol"],
         "error: invalid config: env=cartpol: no such option; did you mean env=cartpole? env is "
         "one of acrobot, cartpole, halfcheetah, hopper, lunarlander, mountaincar_continuous, "
-        "pendulum",
+        "pendulum, walker2d",
     ),
     (
         ["algo=nope"],
@@ -248,7 +248,12 @@ def test_an_env_choice_brings_its_tuned_preset(compose_cfg: Compose) -> None:
     assert (cfg.total_timesteps, cfg.eval.every) == (100_000, 5)
     hopper = compose_cfg(["env=hopper"])
     assert hopper.env.normalize_obs and hopper.env.normalize_reward
-    assert hopper.algo.net.hidden == [256, 256] and hopper.algo.net.activation.value == "relu"
+    assert hopper.algo.net.hidden == [64, 64] and hopper.algo.net.activation.value == "tanh"
+    assert (hopper.algo.n_steps, hopper.algo.clip_vf, hopper.schedule.kind.value) == (
+        2048,
+        0.2,
+        "linear",
+    )
 
 
 def test_the_command_line_overrides_the_preset(compose_cfg: Compose) -> None:
@@ -269,4 +274,7 @@ def test_sb_ppo1_replaces_the_presets_hyperparameters_but_keeps_its_env_and_budg
 def test_every_preset_says_where_its_settings_come_from(env: str) -> None:
     text = (CONF_DIR / "env" / f"{env}.yaml").read_text()
     assert text.startswith("# @package _global_\n")
-    assert "RL Zoo" in text and "hyperparams/ppo.yml" in text and "benchmark" in text
+    # RL Zoo's tuned settings, or CleanRL's MuJoCo defaults where those did better; and the
+    # published number the results table compares with.
+    assert "hyperparams/ppo.yml" in text or "CleanRL's ppo_continuous_action.py" in text
+    assert "RL Zoo benchmark: " in text
