@@ -44,7 +44,6 @@ def train_sb3(cfg: TrainConfig, tracker: Tracker) -> None:
         fraction, the episodes that ended, and an evaluation when one is due."""
 
         start = eval_seconds = 0.0
-        episodes_seen = 0
 
         def _on_training_start(self) -> None:
             self.start = time.perf_counter()
@@ -60,7 +59,6 @@ def train_sb3(cfg: TrainConfig, tracker: Tracker) -> None:
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
                 if "episode" in info:  # Monitor's return of an episode that just ended
-                    self.episodes_seen += 1
                     tracker.log_metrics({EPISODIC_RETURN: info["episode"]["r"]}, self.num_timesteps)
             return True
 
