@@ -9,6 +9,7 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
+import gc
 import sys
 import threading
 from contextlib import suppress
@@ -214,6 +215,10 @@ class OptunaSweeper(Sweeper):
         # The study run ends with the last sweep process working on it.
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             end_study_run(parent, "FINISHED")
+        # The process ends next. Its exit would walk every object of torch, mlflow and plotly
+        # in repeated garbage collections; one collection now, then none of them.
+        gc.collect()
+        gc.freeze()
         return returns
 
     def _optimize(
