@@ -267,7 +267,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         unknown = set(args.rows.split(",")) - set(names)
         if unknown:
             parser.error(f"--rows: unknown {sorted(unknown)}; choose from {names}")
-    if unknown := set(args.impl.split(",")) - set(IMPLS):
+    args.impl = args.impl.split(",")
+    if unknown := set(args.impl) - set(IMPLS):
         parser.error(f"--impl: unknown {sorted(unknown)}; choose from {list(IMPLS)}")
     if (
         (args.seeds is not None and args.seeds < 1)
@@ -287,10 +288,14 @@ def selected_rows(args: argparse.Namespace) -> list[tuple[Row, int | None]]:
     ]
     if args.quick:
         rows = [row for row in rows if row.quick_steps]
-    rows = [dataclasses.replace(row, impl=impl) for row in rows for impl in args.impl.split(",")]
-    if args.quick:
-        return [(row, args.steps or row.quick_steps) for row in rows]
-    return [(row, args.steps) for row in rows]
+    return [
+        (
+            dataclasses.replace(row, impl=impl),
+            (args.steps or row.quick_steps) if args.quick else args.steps,
+        )
+        for row in rows
+        for impl in args.impl
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
