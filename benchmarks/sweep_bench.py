@@ -6,20 +6,22 @@
 
 `jobs`: the default sweep (`sweep=clip_epochs_lr`, 16 trials) with `sweep.n_jobs=2` and with
 `sweep.n_jobs=1`, interleaved repeat by repeat so both see the same machine load, at the same
-sampler seed. `pruning`: a 40-trial sweep with its pruners and with them off (`sweep.pruner=null
-sweep.kl=null`), at 2 jobs. Each sweep is a fresh `python -m ppo1.train -m` process on a fresh
-journal and SQLite store in a temporary folder. Per sweep it reports the wall clock; the CPU
-time of its processes (which other load on the machine does not inflate, unlike the wall
-clock); the env steps its trials spent; the best objective; and the fixed cost: the part of the
-wall clock x jobs that is not inside a trial's training loop (`time/train_seconds`;
-evaluations count as fixed cost), with the time before the first trial starts and after the
-last ends (the study's report).
-The load average is printed with each sweep: the machine is shared.
+sampler seed, into an MLflow store that exists (as `make train` leaves `./mlruns`) and into a
+new one (whose tables MLflow creates first). `pruning`: a 40-trial sweep with its pruners and
+with them off (`sweep.pruner=null sweep.kl=null`), at 2 jobs. Each sweep is a fresh
+`python -m ppo1.train -m` process on a fresh journal in a temporary folder. Per sweep it
+reports the wall clock; the CPU time of its processes, the fork server and its workers
+included (which other load on the machine does not inflate, unlike the wall clock); the env
+steps its trials spent; the best objective; and the fixed cost: the part of the wall clock x
+jobs that is not inside a trial's training loop (`time/train_seconds`; evaluations count as
+fixed cost), with the time before the first trial starts and after the last ends (the study's
+report). The load average is printed with each sweep: the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
 import subprocess
@@ -51,8 +53,35 @@ class Sweep:
     load: str  # the 1-minute load average before and after
 
 
-def run_sweep(label: str, folder: Path, overrides: list[str]) -> Sweep:
+# prctl(2): orphaned descendants are re-parented to this process, not to init.
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> None:
+    """Become the subreaper of the sweeps' processes: a parallel sweep's fork server (and the
+    workers it forked) outlives the sweep process by a moment, and only a process that waits
+    for it counts its CPU time in RUSAGE_CHILDREN."""
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+
+def reap_orphans(timeout_s: float = 30.0) -> None:
+    """Wait for every adopted process to end (the fork server ends with its sweep)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left
+            return
+        if pid == 0:
+            time.sleep(0.05)
+    sys.exit("a sweep left processes running")
+
+
+def run_sweep(label: str, folder: Path, overrides: list[str], store_exists: bool) -> Sweep:
     folder.mkdir(parents=True)
+    if store_exists:  # its tables created, as by an earlier run
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
     command = [
         sys.executable,
         "-m",
@@ -68,6 +97,7 @@ def run_sweep(label: str, folder: Path, overrides: list[str]) -> Sweep:
     start = time.time()
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     wall = time.time() - start
+    reap_orphans()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if done.returncode != 0:
@@ -128,27 +158,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--pruning-trials", type=int, default=40)
     args = parser.parse_args(argv)
-    plans: list[tuple[str, int, list[str]]] = []
+    plans: list[tuple[str, int, list[str], bool]] = []
     for i in range(args.repeats):
         if args.only in (None, "jobs"):
             n = f"sweep.n_trials={args.trials}"
-            plans += [(f"n_jobs=2 #{i}", 2, [n, "sweep.n_jobs=2"])]
-            plans += [(f"n_jobs=1 #{i}", 1, [n, "sweep.n_jobs=1"])]
+            for exists, store in ((True, "store exists"), (False, "new store")):
+                plans += [(f"n_jobs=2, {store} #{i}", 2, [n, "sweep.n_jobs=2"], exists)]
+                plans += [(f"n_jobs=1, {store} #{i}", 1, [n, "sweep.n_jobs=1"], exists)]
         if args.only in (None, "pruning"):
             n = f"sweep.n_trials={args.pruning_trials}"
-            plans += [(f"pruned #{i}", 2, [n, "sweep.n_jobs=2"])]
-            plans += [
-                (
-                    f"pruners off #{i}",
-                    2,
-                    [n, "sweep.n_jobs=2", "sweep.pruner=null", "sweep.kl=null"],
-                )
-            ]
+            plans += [(f"pruned #{i}", 2, [n, "sweep.n_jobs=2"], True)]
+            off = [n, "sweep.n_jobs=2", "sweep.pruner=null", "sweep.kl=null"]
+            plans += [(f"pruners off #{i}", 2, off, True)]
+    adopt_orphans()
     sweeps = []
-    jobs = {label: n for label, n, _ in plans}
+    jobs = {label: n for label, n, _, _ in plans}
     with tempfile.TemporaryDirectory(prefix="ppo1-sweep-bench-") as tmp:
-        for k, (label, _, overrides) in enumerate(plans):
-            sweeps.append(run_sweep(label, Path(tmp) / str(k), overrides))
+        for k, (label, _, overrides, exists) in enumerate(plans):
+            sweeps.append(run_sweep(label, Path(tmp) / str(k), overrides, exists))
             print(table(sweeps[-1:], jobs).splitlines()[-1], flush=True)
     print(f"\n{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable\n")
     print(table(sweeps, jobs))

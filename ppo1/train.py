@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ppo1.config import (
     CONF_DIR,
     ConfigError,
     TrainConfig,
     register_configs,
+    to_train_config,
     to_train_config_or_exit,
 )
 from ppo1.tracking.names import name_tag
@@ -61,7 +62,12 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(dict_cfg: DictConfig) -> float:
     """Hydra entrypoint; the return value is the objective a sweeper optimises."""
-    cfg = to_train_config_or_exit(dict_cfg)
+    if OmegaConf.select(dict_cfg, "sweep.trial") is not None:
+        # A sweep's job: a config its sampled params make invalid goes back to the sweeper,
+        # which fails the trial with the message and goes on (exiting would end a worker).
+        cfg = to_train_config(dict_cfg)
+    else:
+        cfg = to_train_config_or_exit(dict_cfg)
     # Imported here, once a config is composed and checked, not at the top: `--help`,
     # `--cfg job` and TAB completion never train, and torch and MLflow would be most of their
     # start-up (docs/speed.md; tests/test_startup.py).

@@ -73,3 +73,36 @@ def test_a_broken_slot_stops_the_sweep_with_its_error() -> None:
     with pytest.raises(RuntimeError, match="launcher broke"):
         slots.run()
     assert 1 <= len(study.trials) <= 2, "no slot asks another trial once one broke"
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_work_left_for_an_idle_slot_runs_once_beside_the_last_trial(n: int) -> None:
+    # Trial 2 is the last and runs long: the slot that finds nothing left to ask while it runs
+    # does `drained` then, beside it. With one slot nothing runs beside the last trial, and
+    # `drained` is left to the caller, after the slots.
+    study = in_memory_study()
+    seconds = {0: 0.05, 1: 0.05, 2: 0.5}
+    ended: dict[int, float] = {}
+    drained: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    def ask() -> optuna.Trial | None:
+        with lock:
+            return study.ask() if len(study.trials) < len(seconds) else None
+
+    def run(trial: optuna.Trial) -> None:
+        time.sleep(seconds[trial.number])
+        ended[trial.number] = time.monotonic()
+        study.tell(trial, 1.0)
+
+    def drain() -> None:
+        drained.append((time.monotonic(), threading.current_thread().name))
+
+    Slots(n, ask, run, lambda: False, poll_s=0.1, drained=drain).run()
+
+    assert sorted(ended) == [0, 1, 2]
+    if n == 1:
+        assert drained == []
+    else:
+        ((at, thread),) = drained
+        assert at < ended[2] and thread.startswith("ppo1-slot-")

@@ -353,11 +353,15 @@ def test_a_resumed_sweep_draws_new_points(tmp_path: Path) -> None:
     assert len({t.params["algo.clip"] for t in trials}) == 4
 
 
-def test_a_trial_with_an_invalid_config_fails_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    done = run(
-        sweep_command(tmp_path, "tiny", "sweep.n_trials=2", "algo.minibatch_size=choice(64,4096)"),
-        tmp_path,
-    )
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_trial_with_an_invalid_config_fails_and_the_sweep_goes_on(
+    tmp_path: Path, launcher: str
+) -> None:
+    # The job finds its config invalid (in the sweep process, or in a worker's) and the
+    # sweeper fails its trial with the message.
+    choice = "algo.minibatch_size=choice(64,4096)"
+    launch = [f"hydra/launcher={launcher}", "sweep.n_jobs=2"]
+    done = run(sweep_command(tmp_path, "tiny", "sweep.n_trials=2", choice, *launch), tmp_path)
     study = load_study(tmp_path, "tiny")
     # RandomSampler(seed=0) draws both sizes in two trials.
     assert {t.state for t in study.trials} == {TrialState.FAIL, TrialState.COMPLETE}
@@ -448,6 +452,103 @@ def test_a_stopped_sweep_gives_its_trial_back(tmp_path: Path, signum: signal.Sig
     assert counted_trials(study) == 0
     statuses = status_of_runs(tmp_path)
     assert statuses["study"] == statuses["trial"] == statuses["seed"] == {"KILLED"}
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below `pid` (children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):  # ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs (an exited process not yet reaped, a zombie, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def parallel_sweep(tmp_path: Path) -> subprocess.Popen[str]:
+    """A sweep of two trials in two joblib workers, once both train; in its own session."""
+    command = sweep_command(
+        tmp_path,
+        "tiny",
+        "hydra/launcher=joblib",
+        "sweep.n_jobs=2",
+        "sweep.n_trials=2",
+        STOPPED_TRIALS,
+    )
+    sweep = subprocess.Popen(
+        command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+    def both_train() -> bool:
+        if not (tmp_path / "study.journal").exists():
+            return False
+        trials = load_study(tmp_path, "tiny").trials
+        return sum(t.state is TrialState.RUNNING and KL_ATTR in t.user_attrs for t in trials) == 2
+
+    try:
+        wait_until(both_train, timeout=120, process=sweep)
+    except BaseException:
+        sweep.kill()
+        raise
+    return sweep
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_stopped_parallel_sweep_stops_its_workers_and_gives_their_trials_back(
+    tmp_path: Path, how: str
+) -> None:
+    sweep = parallel_sweep(tmp_path)
+    try:
+        below = descendants(sweep.pid)  # the fork server, its two workers, their trackers
+        if how == "SIGTERM":  # a scheduler's stop, to the sweep process only
+            sweep.send_signal(signal.SIGTERM)
+        else:  # a terminal's Ctrl-C: SIGINT to every process of its group
+            os.killpg(sweep.pid, signal.SIGINT)
+        _, stderr = sweep.communicate(timeout=60)
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    study = load_study(tmp_path, "tiny")
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs[INTERRUPTED_ATTR] for t in study.trials)
+    assert counted_trials(study) == 0
+    statuses = status_of_runs(tmp_path)
+    assert statuses["study"] == statuses["trial"] == statuses["seed"] == {"KILLED"}
+    assert len(runs_by_role(tmp_path)["seed"]) == 2
+    wait_until(lambda: not any(map(running, below)), timeout=30)
+
+
+def test_a_parallel_sweep_killed_outright_leaves_no_worker_behind(tmp_path: Path) -> None:
+    sweep = parallel_sweep(tmp_path)
+    try:
+        below = descendants(sweep.pid)
+        assert len(below) >= 3, "a fork server and two workers"
+        sweep.kill()  # SIGKILL to the sweep process alone: its workers are left to notice
+        sweep.wait(timeout=30)
+        # Each notices within a second that the fork server, its parent, ended with the sweep
+        # process, and stops its job as SIGTERM does: its runs end KILLED.
+        wait_until(lambda: not any(map(running, below)), timeout=60)
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+    statuses = status_of_runs(tmp_path)
+    assert statuses["trial"] == statuses["seed"] == {"KILLED"}
+    assert len(runs_by_role(tmp_path)["seed"]) == 2
 
 
 def test_a_killed_sweep_process_is_found_out_and_its_slot_run_again(tmp_path: Path) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 import time
 
+import pytest
 from joblib import Parallel, delayed
 from joblib.externals.loky import reusable_executor
 
-from ppo1.sweep.workers import prepare_worker, shut_down
+from ppo1.sweep.workers import SWEEP_PID_ENV, prepare_worker, shut_down
+from tests.conftest import run_python
 
 _held: list[bytes] = []
 
@@ -24,12 +28,16 @@ def worker_pids() -> set[int]:
     return set(executor._processes)
 
 
-def test_warmed_workers_that_grow_by_a_trials_memory_are_kept() -> None:
+def test_warmed_workers_that_grow_by_a_trials_memory_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Each worker grows 400-800 MB past its size after warming up: over loky's own limit of
-    # 300 MB, where it would replace the worker (and the next job would import everything again).
+    # 300 MB, where it would replace the worker (and the next job would start afresh). Workers
+    # of this process, as warm_up makes them a sweep's.
+    monkeypatch.setenv(SWEEP_PID_ENV, str(os.getpid()))
     parallel = Parallel(n_jobs=2, backend="loky")
     try:
-        parallel([delayed(prepare_worker)([], os.getpid()) for _ in range(2)])
+        parallel([delayed(prepare_worker)([]) for _ in range(2)])
         warmed = worker_pids()
         time.sleep(1.5)  # loky checks a worker's memory after a call, at most once a second
         parallel([delayed(grow)(400) for _ in range(2)])
@@ -39,3 +47,74 @@ def test_warmed_workers_that_grow_by_a_trials_memory_are_kept() -> None:
         assert worker_pids() == warmed
     finally:
         shut_down()
+
+
+def test_warm_workers_are_forked_from_one_server_that_imported_a_trials_modules() -> None:
+    # As a sweep process does: warm_up with what a trial's job imports, then a job. Each worker
+    # of the pool has one parent, the fork server, which has torch loaded, where the sweep
+    # process never imported it (each worker importing it again took the cores from the sweep's
+    # start); and a job sees itself in a worker of a live sweep.
+    script = textwrap.dedent(
+        """
+        import json, os, sys
+        from joblib import Parallel, delayed
+        from joblib.externals.loky import reusable_executor
+        from hydra_plugins.ppo1_sweeper.optuna_sweeper import JOB_MODULES
+        from ppo1.sweep.workers import shut_down, warm_up, worker_of_live_sweep
+
+        def parent(pid):
+            with open(f"/proc/{pid}/stat") as stat:
+                return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+        warm_up({"n_jobs": 2}, 2, JOB_MODULES)
+        (live,) = Parallel(n_jobs=2, backend="loky")([delayed(worker_of_live_sweep)()])
+        workers = list(reusable_executor._executor._processes)
+        parents = {parent(pid) for pid in workers}
+        (server,) = parents
+        with open(f"/proc/{server}/maps") as maps:
+            torch_in_server = "libtorch_cpu.so" in maps.read()
+        shut_down()
+        print(json.dumps({
+            "pid": os.getpid(), "workers": workers, "parents": list(parents),
+            "torch_in_server": torch_in_server, "torch_here": "torch" in sys.modules,
+            "live": live, "here": worker_of_live_sweep(),
+        }))
+        """
+    )
+    done = run_python(script, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert len(seen["workers"]) == 2 and seen["parents"] != [seen["pid"]]
+    assert seen["torch_in_server"] and not seen["torch_here"]
+    assert seen["live"] is True and seen["here"] is None
+
+
+def test_the_warm_up_imports_what_a_trials_job_imports() -> None:
+    # A tracked run after importing JOB_MODULES loads no new package of torch's, gymnasium's,
+    # MLflow's or plotly's size (only their lazily loaded submodules): the warm-up left torch
+    # and gymnasium to each worker's first trial once ppo1.train imported them lazily.
+    script = textwrap.dedent(
+        """
+        import sys, tempfile
+        from hydra_plugins.ppo1_sweeper.optuna_sweeper import JOB_MODULES
+        for name in JOB_MODULES:
+            __import__(name)
+        warm = {name.split(".")[0] for name in sys.modules}
+        from hydra import compose, initialize_config_dir
+        from ppo1.config import CONF_DIR, to_train_config
+        from ppo1.tracked import train
+        folder = tempfile.mkdtemp()
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = to_train_config(compose("train", [
+                "total_timesteps=512", f"tracking.uri=sqlite:///{folder}/mlflow.db",
+                "tracking.figures=light", "tracking.writer_process=false", "eval.every=1",
+            ]))
+        train(cfg)
+        print(sorted({name.split(".")[0] for name in sys.modules} - warm))
+        """
+    )
+    done = run_python(script, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    new_packages = set(json.loads(done.stdout.splitlines()[-1].replace("'", '"')))
+    heavy = {"torch", "gymnasium", "mlflow", "plotly", "sqlalchemy", "optuna", "numpy", "hydra"}
+    assert not new_packages & heavy, new_packages

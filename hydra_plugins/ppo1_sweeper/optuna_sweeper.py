@@ -11,7 +11,6 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 # where dataclasses cannot resolve string annotations.
 import gc
 import sys
-import threading
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,7 +36,6 @@ from ppo1.sweep.pruning import build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
 from ppo1.sweep.slots import Slots
 from ppo1.sweep.study import (
-    FAIL_REASON_ATTR,
     PARENT_RUN_ATTR,
     beat,
     build_sampler,
@@ -63,8 +61,9 @@ if TYPE_CHECKING:
 # How long an interrupted sweep waits for its jobs to end their MLflow runs before it gives
 # their trials back (a job writing to a trial given back would fail its runs).
 _STOP_WAIT_S = 15.0
-# What a trial's job imports: its task function's module, and MLflow's SQL store.
-JOB_MODULES = ("ppo1.train", "mlflow.store.tracking.sqlalchemy_store")
+# What a trial's job imports: its task function's module, what that imports once it has a
+# config (torch, gymnasium, the tracked run's plotly), and MLflow's SQL store.
+JOB_MODULES = ("ppo1.train", "ppo1.sweep.trial", "mlflow.store.tracking.sqlalchemy_store")
 
 
 @dataclass
@@ -90,7 +89,6 @@ class OptunaSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
-        self._compose_lock = threading.Lock()
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -158,11 +156,6 @@ class OptunaSweeper(Sweeper):
         return job_cfg
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
-        # Imported here: Hydra imports every plugin when any app starts, and these pull in
-        # mlflow (~2 s), which a plain `python -m ppo1.train` without tracking never needs.
-        from ppo1.sweep.parent_run import open_study_run
-        from ppo1.sweep.study_report import report_study
-
         sweep, tracking, fixed, space = self._read(arguments)
         job_cfg = self._check_fixed(sweep, fixed, space)
         n = self._slots(sweep)
@@ -176,8 +169,12 @@ class OptunaSweeper(Sweeper):
             if mismatch := settings_mismatch(study, settings):
                 exit_with_error(mismatch)
             # Not before: a refused storage or settings would leave workers starting up. The
-            # MLflow run opens while they start.
+            # MLflow run opens while they start; mlflow (~1.5 s) is imported only now, so that
+            # they start sooner (Hydra imports every plugin when any app starts, and a plain
+            # `python -m ppo1.train` without tracking never needs it).
             self._warm_up(n)
+            from ppo1.sweep.parent_run import open_study_run
+
             try:  # under the lock: sweep processes must not create a new store's tables at once
                 parent = open_study_run(tracking, sweep, spec)
             except ConfigError as err:
@@ -185,6 +182,9 @@ class OptunaSweeper(Sweeper):
             # Only now that a trial can start: settings recorded by a command that could not
             # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
             record_settings(study, settings)
+        # plotly and Optuna's plots (~1 s) load while the workers still start.
+        from ppo1.sweep.study_report import report_study
+
         shown = f"study '{sweep.study_name}' in {redact(spec)}"
         print(f"{shown}: {sweep.n_trials} trials in total", flush=True)
         with sigterm_as_interrupt():
@@ -216,8 +216,8 @@ class OptunaSweeper(Sweeper):
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             end_study_run(parent, "FINISHED")
         # The process ends next. Its exit would walk every object of torch, mlflow and plotly
-        # in repeated garbage collections; one collection now, then none of them.
-        gc.collect()
+        # in repeated garbage collections (~1 s): none of them now (a last collection first
+        # would walk them once more, 0.3 s, to free memory the exit frees anyway).
         gc.freeze()
         return returns
 
@@ -232,6 +232,8 @@ class OptunaSweeper(Sweeper):
         n: int,
     ) -> list[JobReturn]:
         """Run trials in n slots (ppo1.sweep.slots) until the study has n_trials, all finished."""
+        from ppo1.sweep.study_report import prepare_report  # see sweep()
+
         returns: list[JobReturn] = []
         if n >= usable_cpus() and not any(f.startswith("tracking.writer_process=") for f in fixed):
             # Every core runs a trial: a writer process per trial would only take turns with
@@ -248,6 +250,7 @@ class OptunaSweeper(Sweeper):
             run,
             lambda: bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))),
             sweep.heartbeat_s,
+            prepare_report,
         )
         try:
             slots.run()
@@ -319,17 +322,10 @@ class OptunaSweeper(Sweeper):
         heartbeat_s: float,
         slots: Slots,
     ) -> JobReturn | None:
-        """Launch the trial if it composes to a valid config; tell the trial its end."""
+        """Launch the trial; tell the trial its end (FAIL if its params make the config
+        invalid: the job checks it, and the launcher composed it already)."""
         assert self.launcher is not None
         job = [*fixed, *overrides(trial.params), f"sweep.trial={trial.number}"]
-        try:
-            with self._compose_lock:  # Hydra's config loader is not made for threads
-                to_train_config(self._job_config(job))
-        except ConfigError as err:
-            trial.set_user_attr(FAIL_REASON_ATTR, f"invalid config: {err}")
-            study.tell(trial, state=TrialState.FAIL)
-            print(f"trial {trial.number}: FAIL, invalid config: {err}", flush=True)
-            return None
         with heartbeat([trial], heartbeat_s):
             (result,) = self.launcher.launch([job], initial_job_idx=trial.number)
         if slots.stopped:  # the job stopped for an interrupt: the sweep gives its trial back

@@ -8,6 +8,7 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
+from ppo1.config import ConfigError
 from ppo1.sweep.faults import lost_service, stop_worker
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR
 from ppo1.sweep.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, fail_stale_trials
@@ -36,6 +37,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
     if isinstance(outcome, optuna.TrialPruned):
         reason = trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)
         return told(study, trial, f"PRUNED, {reason}", state=TrialState.PRUNED)
+    if isinstance(outcome, ConfigError):  # its sampled params make the config invalid
+        reason = f"invalid config: {outcome}"
+        return told(study, trial, f"FAIL, {reason}", state=TrialState.FAIL, fail_reason=reason)
     if (lost := lost_service(outcome)) is not None:
         # Every trial this worker started next would fail the same way and use up the study:
         # it stops, and the sweep gives the trial back (not counted, its slot runs again).

@@ -21,7 +21,8 @@ import optuna
 class Slots:
     """Run trials from `ask` through `run` (which tells each its end) in `n` slots until `ask`
     gives none and `running_elsewhere` says no trial of the study is running (another sweep
-    process's trial may still end stale, its slot to be run again)."""
+    process's trial may still end stale, its slot to be run again). `drained` is work for a
+    slot left idle at the end (see _drain)."""
 
     def __init__(
         self,
@@ -30,12 +31,14 @@ class Slots:
         run: Callable[[optuna.Trial], None],
         running_elsewhere: Callable[[], bool],
         poll_s: float,
+        drained: Callable[[], None] | None = None,
     ) -> None:
         self._n = n
         self._ask = ask
         self._run = run
         self._running_elsewhere = running_elsewhere
         self._poll_s = poll_s
+        self._drained = drained
         self._lock = threading.Lock()
         self._ended = threading.Condition(self._lock)  # notified when a job ends
         self._busy = 0  # jobs running
@@ -88,6 +91,7 @@ class Slots:
         while self._error is None and not self._stopped:
             trial = self._ask()
             if trial is None:
+                self._drain()
                 if not self._waited():
                     return
                 continue
@@ -104,6 +108,15 @@ class Slots:
                     if told:
                         del self._untold[trial.number]
                     self._ended.notify_all()
+
+    def _drain(self) -> None:
+        """Run `drained` once, in the first slot to find no trial left to ask while another
+        slot's job still runs: on the core that slot no longer uses."""
+        with self._lock:
+            if self._drained is None or self._busy == 0:
+                return
+            drained, self._drained = self._drained, None
+        drained()
 
     def _waited(self) -> bool:
         """No trial to ask: wait for a running one to end (this process's, or another's that

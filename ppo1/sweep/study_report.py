@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shlex
@@ -14,7 +15,10 @@ import plotly.graph_objects as go
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from optuna import visualization as vis
-from optuna.trial import FrozenTrial, TrialState
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.storages import InMemoryStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from ppo1.report.pages import html_page
 from ppo1.sweep.search_space import overrides
@@ -84,6 +88,34 @@ def study_figures(study: optuna.Study, params: list[str]) -> tuple[dict[str, go.
             f"{', '.join(drawn)}; {covering} so far."
         )
     return figures, notes
+
+
+def prepare_report() -> None:
+    """Draw the figures once for a made-up study of three trials in memory, for what drawing
+    imports on first use (Optuna's importances import scikit-learn and pandas, its plots
+    matplotlib's colormaps, plotly its trace classes: ~2 CPU-s). A parallel sweep calls it from
+    a slot with no trial left to ask while another slot's trial still trains: the report then
+    waits for none of it after the last trial."""
+    space: dict[str, BaseDistribution] = {
+        "x": FloatDistribution(0.0, 1.0),
+        "y": FloatDistribution(0.0, 1.0),
+    }
+    storage = InMemoryStorage()
+    quiet = logging.getLogger(InMemoryStorage.__module__)  # it logs the made-up study's creation
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        storage.create_new_study([StudyDirection.MAXIMIZE], "report-warm-up")
+    finally:
+        quiet.setLevel(level)
+    study = optuna.Study("report-warm-up", storage)
+    for x, y in ((0.0, 0.0), (1.0, 0.5), (0.5, 1.0)):
+        params = {"x": x, "y": y}
+        trial = create_trial(
+            params=params, distributions=space, value=x + y, intermediate_values={0: x}
+        )
+        study.add_trial(trial)
+    study_figures(study, list(space))
 
 
 def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

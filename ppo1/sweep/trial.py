@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 
 import numpy as np
 import optuna
@@ -13,6 +15,7 @@ from ppo1.core.update import NonFiniteLossError
 from ppo1.sweep.objectives import objective_value
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
 from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
+from ppo1.sweep.workers import enter_worker, worker_of_live_sweep
 from ppo1.tracked import train
 from ppo1.tracking.names import sweep_run_name
 from ppo1.tracking.tracker import Tracker
@@ -54,8 +57,35 @@ def train_seeds(
     return float(np.mean(values))
 
 
+class TrialInterrupted(Exception):
+    """A job stopped by Ctrl-C or SIGTERM in a launcher's worker, its runs ended KILLED."""
+
+
 def run_trial(cfg: TrainConfig) -> float:
-    """Run the trial `cfg.sweep.trial`; pruned trials raise optuna.TrialPruned to the sweeper."""
+    """Run the trial `cfg.sweep.trial`; pruned trials raise optuna.TrialPruned to the sweeper.
+
+    Stopped in a worker process of the sweep's (the joblib launcher's), the job raises
+    TrialInterrupted instead of KeyboardInterrupt: joblib, seeing a KeyboardInterrupt leave one
+    job, kills every worker of its pool, and the other trials' jobs with them while they end
+    their runs (left RUNNING). In the sweep process itself the interrupt goes on: it stops
+    the sweep."""
+    enter_worker()
+    try:
+        return _run_trial(cfg)
+    except KeyboardInterrupt as err:
+        live = worker_of_live_sweep()
+        if live is None:
+            raise
+        if live:
+            raise TrialInterrupted(str(err)) from err
+        # Its sweep process is gone (ppo1.sweep.workers stopped the job), and nothing would
+        # read the job's end: the worker ends with it, its runs ended.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
+def _run_trial(cfg: TrainConfig) -> float:
     sweep = cfg.sweep
     assert sweep is not None and sweep.trial is not None
     storage = open_storage(storage_spec(sweep))

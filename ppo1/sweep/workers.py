@@ -1,65 +1,108 @@
 """The worker processes of hydra-joblib-launcher (joblib's loky pool): warmed up, and stopped.
 
 The pool is joblib's reusable executor: it outlives each `Parallel` call the launcher makes per
-job, so a worker imports torch, gymnasium and mlflow once per sweep, not once per trial.
+job, so a worker imports torch, gymnasium and mlflow once per sweep, not once per trial. Its
+workers are forked from a fork server that imported those once for all of them: n workers
+importing them side by side (~2.5 CPU-s each) took the cores from the sweep process while it
+opened its study and MLflow run, and its first trials waited for both.
 """
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import select
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from typing import Any
 
-# How often a worker checks for its sweep process, and how long it may take to end its runs.
+# How often a worker checks for its sweep process where it cannot wait for its end, and how long
+# it may take to end its runs.
 _WATCH_S = 1.0
 _EXIT_AFTER_S = 30.0
 # The growth past its warmed-up size at which loky replaces a worker as leaking (its own: 300 MB).
 _LEAK_BYTES = int(1.5e9)
 
 
+# Set in the fork server's environment, so in every worker's: the sweep process's pid.
+SWEEP_PID_ENV = "PPO1_SWEEP_PID"
+
+
 def warm_up(settings: dict[str, Any], n: int, modules: Iterable[str]) -> None:
-    """Start the launcher's n workers now, in the background, each importing `modules`
-    (seconds), while the sweep process opens its study and MLflow run.
+    """Start the launcher's n workers now, in the background, while the sweep process opens
+    its MLflow run: a fork server imports `modules` (seconds) once, then forks each worker.
 
     `settings`: the launcher's joblib.Parallel settings; joblib reuses its pool only for the
-    same ones."""
+    same ones. loky's start method is process-wide (joblib passes none per call): set here, in
+    a sweep process, whose only pool is the launcher's."""
     from joblib import Parallel, delayed
+    from joblib.externals.loky.backend.context import set_start_method
 
-    work = [delayed(prepare_worker)(list(modules), os.getpid()) for _ in range(n)]
+    # The fork server is single-threaded and has run nothing but these imports, so forking it
+    # is safe where forking the sweep process (threads, open database connections) is not.
+    # Not the sweep's main module (`python -m ppo1.train`): each worker runs that itself as
+    # __mp_main__, as spawned processes do, and runpy warns if it was imported already.
+    main = getattr(sys.modules["__main__"].__spec__, "name", None)
+    multiprocessing.set_forkserver_preload([name for name in modules if name != main])
+    set_start_method("forkserver", force=True)
+    os.environ[SWEEP_PID_ENV] = str(os.getpid())
+    try:
+        multiprocessing.forkserver.ensure_running()  # starts it, with this environment
+    finally:
+        del os.environ[SWEEP_PID_ENV]
+    work = [delayed(prepare_worker)(list(modules)) for _ in range(n)]
     parallel = Parallel(**{**settings, "backend": "loky"})
     threading.Thread(target=parallel, args=(work,), name="ppo1-warm-up", daemon=True).start()
 
 
-def prepare_worker(names: Iterable[str], sweep_pid: int) -> None:
-    """A launcher's worker process before its first job: import `names`, and end when the
-    sweep process is gone.
+def prepare_worker(names: Iterable[str]) -> None:
+    """A launcher's worker process before its first job: import `names` (the fork server's
+    preload skips a module that fails to import; here it raises) and enter_worker()."""
+    for name in names:
+        importlib.import_module(name)
+    enter_worker()
+
+
+_sweep_gone = threading.Event()  # set in a worker once its sweep process has ended
+_entered = False  # enter_worker has run in this process
+
+
+def enter_worker() -> None:
+    """In a launcher's worker (joblib may give every warm-up job to one worker, so each trial's
+    job calls this too; once per process), watch the sweep process and keep the worker.
 
     joblib's workers outlive a sweep process killed by SIGKILL, or by SIGTERM before it set up
-    its handler, for loky's idle timeout (5 min), training trials already given back. Once it
-    is gone the worker stops itself as a scheduler would: SIGTERM (its training, if any, ends
-    its MLflow runs KILLED), then exits for good if that did not end it."""
+    its handler, for loky's idle timeout (5 min), training trials already given back; and so
+    does the fork server, their parent, since each worker holds the pipe whose closing would
+    end it. Once the sweep process is gone the worker stops itself as a scheduler would:
+    SIGTERM (its training, if any, ends its MLflow runs KILLED), then exits for good if that
+    did not end it."""
+    global _entered
+    pid = os.environ.get(SWEEP_PID_ENV)
+    if pid is None or _entered:
+        return
+    _entered = True
+    sweep_ended = _ended(int(pid))
 
     def watch() -> None:
-        while os.getppid() == sweep_pid:
-            time.sleep(_WATCH_S)
+        sweep_ended()
+        _sweep_gone.set()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(_EXIT_AFTER_S)
         os._exit(1)
 
-    if not any(t.name == "ppo1-watch-sweep" for t in threading.enumerate()):
-        threading.Thread(target=watch, name="ppo1-watch-sweep", daemon=True).start()
-    for name in names:
-        importlib.import_module(name)
-    # loky measures a worker after its first call (this one) and replaces it once it has grown
-    # 300 MB past that. A first trial grows a warmed worker by ~300 MB (torch's and gymnasium's
-    # buffers, MLflow's store: ~250 -> ~520 MB RSS on the default sweep), then it holds steady:
-    # every worker was replaced mid-sweep and its successor paid the imports again (4 workers
-    # started for 2 slots, ~5 CPU-s each). The worker loop reads this global at each check.
+    threading.Thread(target=watch, name="ppo1-watch-sweep", daemon=True).start()
+    # loky measures a worker after its first call and replaces it once it has grown 300 MB past
+    # that. A first trial grows a worker by ~300 MB (torch's and gymnasium's buffers, MLflow's
+    # store: ~250 -> ~520 MB RSS on the default sweep), then it holds steady: every worker was
+    # replaced mid-sweep, its successor started afresh inside a trial. The worker loop reads
+    # this global at each check.
     from joblib.externals.loky import process_executor
 
     process_executor._MAX_MEMORY_LEAK_SIZE = max(
@@ -67,23 +110,59 @@ def prepare_worker(names: Iterable[str], sweep_pid: int) -> None:
     )
 
 
+def worker_of_live_sweep() -> bool | None:
+    """In a launcher's worker, whether its sweep process still runs; None elsewhere."""
+    if SWEEP_PID_ENV not in os.environ:
+        return None
+    return not _sweep_gone.is_set()
+
+
+def _ended(pid: int) -> Callable[[], None]:
+    """A function that returns once process `pid` has ended. Linux: a pidfd, readable when
+    it ends, even unreaped, and never another process that reuses the pid. Elsewhere: polls."""
+    if hasattr(os, "pidfd_open"):
+        with suppress(OSError):  # a kernel before 5.3: poll
+            pidfd = os.pidfd_open(pid)
+
+            def wait() -> None:
+                select.select([pidfd], [], [])
+
+            return wait
+
+    def poll() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(_WATCH_S)
+
+    return poll
+
+
+def _pool() -> Any:
+    """joblib's one pool of workers, if started (loky's reusable executor: no public handle)."""
+    from joblib.externals.loky import reusable_executor
+
+    return reusable_executor._executor
+
+
 def stop_workers() -> None:
     """Stop the jobs still training in the workers: each ends its MLflow runs KILLED on
     SIGTERM, as a job of Hydra's basic launcher does on Ctrl-C."""
-    for worker in multiprocessing.active_children():
-        if worker.name.startswith("LokyProcess") and worker.pid is not None:
-            os.kill(worker.pid, signal.SIGTERM)
+    if (pool := _pool()) is None:
+        return
+    for pid in list(pool._processes):
+        with suppress(ProcessLookupError):  # ended already
+            os.kill(pid, signal.SIGTERM)
 
 
 def shut_down() -> None:
     """End the idle workers now that the sweep has no trial left for them. Left to the exit
     handler, joblib winds them down gracefully: 2.5 s of the sweep's end here (5 s under load),
     for processes that hold nothing to save."""
-    from joblib.externals.loky import reusable_executor
-
-    executor = reusable_executor._executor  # joblib's one pool; no public handle to it
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
+    if (pool := _pool()) is not None:
+        pool.shutdown(wait=True, kill_workers=True)
 
 
 def uses_joblib(launcher: object) -> bool:
