@@ -66,8 +66,12 @@ def test_warm_workers_are_forked_from_one_server_that_imported_a_trials_modules(
             with open(f"/proc/{pid}/stat") as stat:
                 return int(stat.read().rsplit(")", 1)[1].split()[1])
 
+        def look():
+            import gc
+            return worker_of_live_sweep(), gc.get_freeze_count()
+
         warm_up({"n_jobs": 2}, 2, JOB_MODULES)
-        (live,) = Parallel(n_jobs=2, backend="loky")([delayed(worker_of_live_sweep)()])
+        ((live, frozen),) = Parallel(n_jobs=2, backend="loky")([delayed(look)()])
         workers = list(reusable_executor._executor._processes)
         parents = {parent(pid) for pid in workers}
         (server,) = parents
@@ -77,7 +81,7 @@ def test_warm_workers_are_forked_from_one_server_that_imported_a_trials_modules(
         print(json.dumps({
             "pid": os.getpid(), "workers": workers, "parents": list(parents),
             "torch_in_server": torch_in_server, "torch_here": "torch" in sys.modules,
-            "live": live, "here": worker_of_live_sweep(),
+            "live": live, "here": worker_of_live_sweep(), "frozen": frozen,
         }))
         """
     )
@@ -87,6 +91,8 @@ def test_warm_workers_are_forked_from_one_server_that_imported_a_trials_modules(
     assert len(seen["workers"]) == 2 and seen["parents"] != [seen["pid"]]
     assert seen["torch_in_server"] and not seen["torch_here"]
     assert seen["live"] is True and seen["here"] is None
+    # What the server imported is frozen: left out of the worker's garbage collections.
+    assert seen["frozen"] > 100_000
 
 
 def test_the_warm_up_imports_what_a_trials_job_imports() -> None:

@@ -49,7 +49,8 @@ def warm_up(settings: dict[str, Any], n: int, modules: Iterable[str]) -> None:
     # Not the sweep's main module (`python -m ppo1.train`): each worker runs that itself as
     # __mp_main__, as spawned processes do, and runpy warns if it was imported already.
     main = getattr(sys.modules["__main__"].__spec__, "name", None)
-    multiprocessing.set_forkserver_preload([name for name in modules if name != main])
+    preload = [name for name in modules if name != main]
+    multiprocessing.set_forkserver_preload([*preload, "ppo1.sweep.fork_server"])
     set_start_method("forkserver", force=True)
     os.environ[SWEEP_PID_ENV] = str(os.getpid())
     try:
