@@ -17,14 +17,14 @@ $(PY):
 
 # pip install -e '.$(EXTRAS)', then the stamp; any extras install the runtime dependencies too.
 $(RUNTIME): EXTRAS :=
-$(DEV): EXTRAS := [dev,bench,cluster]
+$(DEV): EXTRAS := [dev,bench,cluster,dashboard]
 $(BENCH): EXTRAS := [bench]
 $(CLUSTER): EXTRAS := [cluster]
 $(RUNTIME) $(DEV) $(BENCH) $(CLUSTER): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.$(EXTRAS)'
 	touch $(sort $@ $(RUNTIME))
 
-# Everything: the dev and bench extras.
+# Everything: the dev, bench, cluster and dashboard extras.
 install: $(DEV)
 
 # make train ARGS="algo.clip=0.1 env=acrobot"

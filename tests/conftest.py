@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -135,6 +136,38 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def dashboard_study(storage: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    """Study `name` as optuna-dashboard serves it from `storage` (its REST API, trials
+    included), the server started on 127.0.0.1 for this and stopped after, workers and all."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "optuna-dashboard"), storage]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    api = f"http://127.0.0.1:{port}/api/studies"
+
+    def get(url: str) -> Any:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return json.load(answer)
+
+    def answers() -> bool:
+        with contextlib.suppress(OSError):
+            return bool(get(api))
+        return False
+
+    try:
+        wait_until(answers, timeout, process=server)
+        (study_id,) = [
+            s["study_id"] for s in get(api)["study_summaries"] if s["study_name"] == name
+        ]
+        study: dict[str, Any] = get(f"{api}/{study_id}?after=0")
+        return study
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 @contextmanager

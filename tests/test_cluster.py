@@ -39,6 +39,7 @@ from ppo1.sweep.study import (
 from ppo1.tracking.ops import PID_TAG
 from tests.conftest import (
     TEST_CONF,
+    dashboard_study,
     free_port,
     mlflow_serving,
     one_error_line,
@@ -204,6 +205,21 @@ def test_a_worker_killed_mid_trial_leaves_its_slot_to_the_others(
     assert stale[0].user_attrs[FAIL_REASON_ATTR].startswith("stale: no heartbeat")
     assert int(victim_run.data.tags["optuna.trial_number"]) == stale[0].number
     assert client.get_run(victim_run.info.run_id).info.status == "FAILED"
+
+
+def test_optuna_dashboard_watches_the_postgres_study(cluster: Cluster, tmp_path: Path) -> None:
+    # As docs/cluster.md has it: the storage URL without the password (libpq reads the
+    # password file, PGPASSFILE, set for this process by the fixture).
+    storage = cluster.database_url("optuna")
+    (worker,) = start_workers(
+        cluster, tmp_path, [worker_command("watched", storage, "sweep.n_trials=2")]
+    )
+    _, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err[-3000:]
+    served = dashboard_study(storage, "watched")
+    study = load(cluster, "watched")
+    assert [t["state"] for t in served["trials"]] == ["Complete", "Complete"]
+    assert [t["values"][0] for t in served["trials"]] == [t.value for t in study.trials]
 
 
 def test_the_ask_lock_is_held_in_the_database_per_study(cluster: Cluster) -> None:

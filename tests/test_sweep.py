@@ -32,7 +32,7 @@ from ppo1.sweep.study import (
 )
 from ppo1.tracking.ops import PID_TAG
 from tests.browser import offline_page
-from tests.conftest import TEST_CONF, wait_until
+from tests.conftest import TEST_CONF, dashboard_study, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -375,6 +375,16 @@ def test_a_trial_with_an_invalid_config_fails_and_the_sweep_goes_on(
             assert f"trial {trial.number}: FAIL, invalid config" in done.stdout
         else:
             assert trial.state is TrialState.COMPLETE
+
+
+def test_optuna_dashboard_serves_the_study_from_its_journal(tmp_path: Path) -> None:
+    run(sweep_command(tmp_path, "tiny", "sweep.n_trials=2"), tmp_path)
+    served = dashboard_study(str(tmp_path / "study.journal"), "tiny")
+    study = load_study(tmp_path, "tiny")
+    trials = served["trials"]
+    assert [(t["number"], t["state"]) for t in trials] == [(0, "Complete"), (1, "Complete")]
+    assert [t["values"][0] for t in trials] == [t.value for t in study.trials]
+    assert {p["name"] for t in trials for p in t["params"]} == {"algo.clip"}
 
 
 def test_a_report_creates_no_run_and_a_quote_in_the_store_path_is_fine(tmp_path: Path) -> None:
