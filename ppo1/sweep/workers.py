@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import select
 import signal
@@ -42,6 +41,18 @@ def warm_up(settings: dict[str, Any], n: int, modules: Iterable[str]) -> None:
     same ones. loky's start method is process-wide (joblib passes none per call): set here, in
     a sweep process, whose only pool is the launcher's."""
     from joblib import Parallel, delayed
+
+    if "forkserver" in multiprocessing.get_all_start_methods():  # not on Windows
+        _start_fork_server(modules)
+    work = [delayed(prepare_worker)(list(modules)) for _ in range(n)]
+    parallel = Parallel(**{**settings, "backend": "loky"})
+    threading.Thread(target=parallel, args=(work,), name="ppo1-warm-up", daemon=True).start()
+
+
+def _start_fork_server(modules: Iterable[str]) -> None:
+    """Make loky fork the workers from a fork server that imported `modules`, and start it."""
+    import multiprocessing.forkserver
+
     from joblib.externals.loky.backend.context import set_start_method
 
     # The fork server is single-threaded and has run nothing but these imports, so forking it
@@ -57,9 +68,6 @@ def warm_up(settings: dict[str, Any], n: int, modules: Iterable[str]) -> None:
         multiprocessing.forkserver.ensure_running()  # starts it, with this environment
     finally:
         del os.environ[SWEEP_PID_ENV]
-    work = [delayed(prepare_worker)(list(modules)) for _ in range(n)]
-    parallel = Parallel(**{**settings, "backend": "loky"})
-    threading.Thread(target=parallel, args=(work,), name="ppo1-warm-up", daemon=True).start()
 
 
 def prepare_worker(names: Iterable[str]) -> None:
