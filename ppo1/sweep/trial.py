@@ -15,7 +15,7 @@ from ppo1.core.update import NonFiniteLossError
 from ppo1.sweep.objectives import objective_value
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR, TrialReporter, build_pruner
 from ppo1.sweep.study import CONFIG_ATTR, PARENT_RUN_ATTR, find_trial, open_storage, storage_spec
-from ppo1.sweep.workers import enter_worker, worker_of_live_sweep
+from ppo1.sweep.workers import TrialInterrupted, enter_worker, worker_of_live_sweep
 from ppo1.tracked import train
 from ppo1.tracking.names import sweep_run_name
 from ppo1.tracking.tracker import Tracker
@@ -55,10 +55,6 @@ def train_seeds(
         values.append(objective_value(sweep.objective, result.evals))
         trial_run.log_metrics({f"objective/seed_{seed}": values[-1]}, 0)
     return float(np.mean(values))
-
-
-class TrialInterrupted(Exception):
-    """A job stopped by Ctrl-C or SIGTERM in a launcher's worker, its runs ended KILLED."""
 
 
 def run_trial(cfg: TrainConfig) -> float:

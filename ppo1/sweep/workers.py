@@ -29,6 +29,13 @@ _EXIT_AFTER_S = 30.0
 _LEAK_BYTES = int(1.5e9)
 
 
+class TrialInterrupted(Exception):
+    """A job stopped by Ctrl-C or SIGTERM in a launcher's worker, its runs ended KILLED.
+
+    Defined here, not with the job (ppo1.sweep.trial): the sweep process unpickles it from a
+    worker's result, and that module would import torch into it on the way out."""
+
+
 # Set in the fork server's environment, so in every worker's: the sweep process's pid.
 SWEEP_PID_ENV = "PPO1_SWEEP_PID"
 
