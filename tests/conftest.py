@@ -138,6 +138,21 @@ def free_port() -> int:
         return port
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...); None once the
+    process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):  # gone, or not a process
+        return None
+
+
+def running(pid: int | str) -> bool:
+    """Whether `pid` runs (an exited process not yet reaped, a zombie, does not)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
 def dashboard_study(storage: str, name: str, timeout: float = 60) -> dict[str, Any]:
     """Study `name` as optuna-dashboard serves it from `storage` (its REST API, trials
     included), the server started on 127.0.0.1 for this and stopped after, workers and all."""

@@ -22,7 +22,7 @@ from ppo1.tracking.tracker import Tracker
 from ppo1.tracking.writer import RunWriter
 from ppo1.utils.paths import usable_cpus
 
-from .conftest import TINY, run_python, wait_until
+from .conftest import TINY, run_python, running, wait_until
 
 Compose = Callable[[list[str]], TrainConfig]
 
@@ -42,10 +42,9 @@ def writer_pids(uri: str) -> list[int]:
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue  # gone, or not a process
-        if b"ppo1.tracking.writer" in argv and uri.encode() in argv and state != "Z":
+        if b"ppo1.tracking.writer" in argv and uri.encode() in argv and running(proc.name):
             pids.append(int(proc.name))
     return pids
 

@@ -32,7 +32,7 @@ from ppo1.sweep.study import (
 )
 from ppo1.tracking.ops import PID_TAG
 from tests.browser import offline_page
-from tests.conftest import TEST_CONF, dashboard_study, wait_until
+from tests.conftest import TEST_CONF, dashboard_study, proc_stat, running, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -467,12 +467,9 @@ def test_a_stopped_sweep_gives_its_trial_back(tmp_path: Path, signum: signal.Sig
 def descendants(pid: int) -> set[int]:
     """The processes below `pid` (children, theirs, ...), read from /proc."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError):  # ended meanwhile
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
+    for folder in Path("/proc").glob("[0-9]*"):
+        if (stat := proc_stat(folder.name)) is not None:
+            children.setdefault(int(stat[1]), []).append(int(folder.name))
     found: set[int] = set()
     todo = [pid]
     while todo:
@@ -480,14 +477,6 @@ def descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
-
-
-def running(pid: int) -> bool:
-    """Whether `pid` runs (an exited process not yet reaped, a zombie, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def parallel_sweep(tmp_path: Path) -> subprocess.Popen[str]:

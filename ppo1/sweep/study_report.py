@@ -93,7 +93,7 @@ def study_figures(study: optuna.Study, params: list[str]) -> tuple[dict[str, go.
 def prepare_report() -> None:
     """Draw the figures once for a made-up study of three trials in memory, for what drawing
     imports on first use (Optuna's importances import scikit-learn and pandas, its plots
-    matplotlib's colormaps, plotly its trace classes: ~2 CPU-s). A parallel sweep calls it from
+    matplotlib's colormaps, plotly its trace classes: ~1.1 CPU-s). A parallel sweep calls it from
     a slot with no trial left to ask while another slot's trial still trains: the report then
     waits for none of it after the last trial."""
     space: dict[str, BaseDistribution] = {
