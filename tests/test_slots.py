@@ -1,4 +1,4 @@
-"""Sweep slots: a trial asked per freed slot, and what an interrupted sweep gives back."""
+"""Sweep slots: a trial asked per freed slot, and what an interrupted sweep or worker gives back."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import time
 
 import optuna
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.trial import TrialState
 
+from ppo1.sweep.outcomes import tell
 from ppo1.sweep.slots import Slots
+from ppo1.sweep.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, counted_trials
+from ppo1.sweep.workers import TrialInterrupted
 
 
 def in_memory_study() -> optuna.Study:
@@ -106,3 +111,17 @@ def test_the_work_left_for_an_idle_slot_runs_once_beside_the_last_trial(n: int) 
     else:
         ((at, thread),) = drained
         assert at < ended[2] and thread.startswith("ppo1-slot-")
+
+
+def test_a_trial_whose_worker_alone_was_stopped_is_given_back_not_counted() -> None:
+    # A signal to one worker (or a Ctrl-C the sweep process ignores): the job returns
+    # TrialInterrupted; the sweep goes on, and the trial's slot runs again.
+    study = in_memory_study()
+    trial = study.ask()
+    result = JobReturn(status=JobStatus.FAILED, _return_value=TrialInterrupted("signal 2"))
+    summary = tell(study, trial, result)
+    assert summary == "FAIL, interrupted in its worker (signal 2); its slot runs again"
+    (frozen,) = study.trials
+    assert frozen.state is TrialState.FAIL and frozen.user_attrs[INTERRUPTED_ATTR]
+    assert frozen.user_attrs[FAIL_REASON_ATTR] == "interrupted in its worker (signal 2)"
+    assert counted_trials(study) == 0

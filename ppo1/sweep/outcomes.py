@@ -12,6 +12,7 @@ from ppo1.config import ConfigError
 from ppo1.sweep.faults import lost_service, stop_worker
 from ppo1.sweep.pruning import PRUNE_REASON_ATTR
 from ppo1.sweep.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, fail_stale_trials
+from ppo1.sweep.workers import TrialInterrupted
 from ppo1.tracking.store import StoreFailedError
 
 if TYPE_CHECKING:
@@ -37,6 +38,19 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
     if isinstance(outcome, optuna.TrialPruned):
         reason = trial.user_attrs.get(PRUNE_REASON_ATTR, outcome)
         return told(study, trial, f"PRUNED, {reason}", state=TrialState.PRUNED)
+    if isinstance(outcome, TrialInterrupted):
+        # Its worker alone was stopped (a signal to that process; a Ctrl-C that the sweep
+        # process ignores, as a background job does): nothing evaluated the trial, so it is
+        # given back, not counted, and its slot runs again.
+        reason = f"interrupted in its worker ({outcome})"
+        return told(
+            study,
+            trial,
+            f"FAIL, {reason}; its slot runs again",
+            state=TrialState.FAIL,
+            fail_reason=reason,
+            interrupted=True,
+        )
     if isinstance(outcome, ConfigError):  # its sampled params make the config invalid
         reason = f"invalid config: {outcome}"
         return told(study, trial, f"FAIL, {reason}", state=TrialState.FAIL, fail_reason=reason)
@@ -62,12 +76,16 @@ def told(
     value: float | None = None,
     state: TrialState | None = None,
     fail_reason: str | None = None,
+    interrupted: bool = False,
 ) -> str:
-    """Tell the trial its end, unless it was failed as stale meanwhile: that end stays."""
+    """Tell the trial its end, unless it was failed as stale meanwhile: that end stays.
+    `interrupted`: a FAIL that is given back (not counted)."""
     if stale(study, trial):
         return f"{summary}; dropped, another sweep process had failed the trial as stale"
     if fail_reason is not None:
         trial.set_user_attr(FAIL_REASON_ATTR, fail_reason)
+    if interrupted:
+        trial.set_user_attr(INTERRUPTED_ATTR, True)
     study.tell(trial, value, state=state)
     return summary
 
