@@ -36,7 +36,7 @@ from benchmarks.stats import iqm, stratified_bootstrap_ci
 from benchmarks.table import machine_info
 from ppo1.config import TrackingConfig
 from ppo1.report.compare import compare_figure
-from ppo1.report.pages import html_page
+from ppo1.report.html import html_page
 from ppo1.report.plots import EVAL_RETURN
 from ppo1.report.runs import load_run, open_store
 from ppo1.tracking.ops import get_or_create_experiment

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Imported once the arguments are parsed: `--help` answers without plotly and MLflow.
     from ppo1.report.compare import compare_figures, log_page
-    from ppo1.report.pages import html_page, out_error
+    from ppo1.report.html import html_page, out_error
     from ppo1.report.runs import load_run, open_store, resolve_runs
     from ppo1.tracking.urls import runs_table_url, ui_lines
 

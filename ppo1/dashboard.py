@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     add_store_argument(parser)
     args = parser.parse_args(argv)
     # Imported once the arguments are parsed: `--help` answers without torch and MLflow.
-    from ppo1.report.pages import DASHBOARD, out_error, write_figures
+    from ppo1.report.html import out_error
+    from ppo1.report.pages import DASHBOARD, write_figures
     from ppo1.report.runs import TRAINING_METRIC, get_run, load_run, open_store
 
     folder = args.out or Path(f"figures-{args.run_id[:8]}")

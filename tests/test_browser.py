@@ -15,7 +15,7 @@ from playwright.sync_api import Page
 from ppo1 import compare
 from ppo1.config import TrainConfig
 from ppo1.report.compare import compare_figures, group_runs
-from ppo1.report.pages import html_page
+from ppo1.report.html import html_page
 from ppo1.report.runs import RunData, load_run, resolve_runs
 from ppo1.tracked import train
 from ppo1.tracking.urls import ui_address

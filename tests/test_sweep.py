@@ -538,6 +538,10 @@ def test_a_parallel_sweep_killed_outright_leaves_no_worker_behind(tmp_path: Path
     try:
         below = descendants(sweep.pid)
         assert len(below) >= 3, "a fork server and two workers"
+        # Torch is the workers' (their fork server's): the sweep process, which only asks,
+        # tells and reports, never loads it (~1.7 CPU-s taken from the workers' start).
+        assert "libtorch_cpu" not in Path(f"/proc/{sweep.pid}/maps").read_text()
+        assert any("libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text() for pid in below)
         sweep.kill()  # SIGKILL to the sweep process alone: its workers are left to notice
         sweep.wait(timeout=30)
         # Each notices within a second that the fork server, its parent, ended with the sweep

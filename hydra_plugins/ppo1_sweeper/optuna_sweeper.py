@@ -182,7 +182,8 @@ class OptunaSweeper(Sweeper):
             # Only now that a trial can start: settings recorded by a command that could not
             # run (a bad tracking store) would refuse its corrected re-run as a mismatch.
             record_settings(study, settings)
-        # plotly and Optuna's plots (~1 s) load while the workers still start.
+        # Optuna's plots (~0.1 s; never torch, which only the workers need) load while the
+        # workers still start.
         from ppo1.sweep.study_report import report_study
 
         shown = f"study '{sweep.study_name}' in {redact(spec)}"

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import html
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 
 from ppo1.report import plots
+from ppo1.report.html import html_page
 from ppo1.report.ratios import to_json
 from ppo1.report.runs import SNAPSHOTS_FILE, RunData
-from ppo1.utils.cli import exit_with_error
 
 DASHBOARD = "dashboard.html"
-_STYLE = "body{font-family:sans-serif;margin:1em 2em}.plot{margin-bottom:1.5em}"
 
 
 def run_figures(run: RunData) -> dict[str, go.Figure]:
@@ -38,22 +33,6 @@ def run_figures(run: RunData) -> dict[str, go.Figure]:
     return figures
 
 
-def html_page(title: str, figures: dict[str, go.Figure], notes: Sequence[str] = ()) -> str:
-    """A self-contained page: plotly.js once in the head, a paragraph per note (what the page
-    could not show, and why), then one div per figure."""
-    paragraphs = "".join(f'<p class="note">{html.escape(note)}</p>\n' for note in notes)
-    divs = "\n".join(
-        f'<div class="plot">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=name)}'
-        "</div>"
-        for name, fig in figures.items()
-    )
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}</style>\n<script>{get_plotlyjs()}</script></head>\n"
-        f"<body><h2>{html.escape(title)}</h2>\n{paragraphs}{divs}\n</body></html>\n"
-    )
-
-
 def write_figures(folder: Path, run: RunData, page: bool = True) -> list[Path]:
     """The run's figures into `folder`: json/<name>.json (read back with plotly.io.read_json),
     the ratio data and, with `page`, dashboard.html. Returns the files written."""
@@ -70,9 +49,3 @@ def write_figures(folder: Path, run: RunData, page: bool = True) -> list[Path]:
         paths.append(folder / DASHBOARD)
         paths[-1].write_text(html_page(f"ppo1 run {run.label}", figures), encoding="utf-8")
     return paths
-
-
-def out_error(out: Path, err: OSError) -> NoReturn:
-    """`--out` could not be written: one line with the system's reason, not a traceback."""
-    inner = f" ({err.filename})" if err.filename and Path(err.filename) != out else ""
-    exit_with_error(f"cannot write --out {out}: {err.strerror or err}{inner}")

@@ -20,7 +20,7 @@ from optuna.storages import InMemoryStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from ppo1.report.pages import html_page
+from ppo1.report.html import html_page
 from ppo1.sweep.search_space import overrides
 from ppo1.sweep.study import CONFIG_ATTR
 from ppo1.tracking.urls import ui_lines
