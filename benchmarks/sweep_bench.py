@@ -16,6 +16,14 @@ steps its trials spent; the best objective; and the fixed cost: the part of the 
 jobs that is not inside a trial's training loop (`time/train_seconds`; evaluations count as
 fixed cost), with the time before the first trial starts and after the last ends (the study's
 report). The load average is printed with each sweep: the machine is shared.
+
+A second table splits wall clock x jobs into: the sweep's start (before its first trial) and
+end (after its last), x jobs; slots left idle in between (waiting for a worker, or for the
+last trials while another slot has none left to ask); per trial, what surrounds its seed runs
+(launching the job, Hydra composing its config, the trial's MLflow run, telling the study),
+what its seed runs spend outside their training loop (envs and network, evaluations, figures,
+their MLflow writes); and the training loops. The two per-trial parts are the per-trial fixed
+cost.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial
 
 from ppo1.sweep.study import open_storage
 
@@ -43,9 +53,11 @@ STUDY = "clip_epochs_lr"
 class Sweep:
     label: str
     wall_s: float
-    first_trial_s: float  # the process's start to the first trial's start
+    first_trial_s: float  # the process's start to a worker beginning the first trial
     last_trial_s: float  # the process's start to the last trial's end
-    train_s: float  # summed over trials: inside the training loop
+    trials_s: float  # summed over trials: from asked (or a worker's start) to told
+    runs_s: float  # summed over seed runs: from start to end
+    train_s: float  # summed over seed runs: inside the training loop
     env_steps: int
     best: float
     states: str
@@ -104,15 +116,19 @@ def run_sweep(label: str, folder: Path, overrides: list[str], store_exists: bool
         sys.exit(f"{label}: the sweep failed:\n{done.stderr[-3000:]}")
     study = optuna.load_study(study_name=STUDY, storage=open_storage(str(folder / "study.journal")))
     trials = study.get_trials(deepcopy=False)
-    steps, train_s = seed_runs(folder)
+    runs = read_runs(folder)
+    began = runs.first_trial_run  # trials asked before a worker was ready waited until then
+    spans = [(max(asked, began), told) for asked, told in map(span, trials)]
     states = [t.state.name for t in trials]
     return Sweep(
         label=label,
         wall_s=wall,
-        first_trial_s=min(t.datetime_start.timestamp() for t in trials) - start,  # type: ignore[union-attr]
-        last_trial_s=max(t.datetime_complete.timestamp() for t in trials) - start,  # type: ignore[union-attr]
-        train_s=train_s,
-        env_steps=steps,
+        first_trial_s=began - start,
+        last_trial_s=max(told for _, told in spans) - start,
+        trials_s=sum(told - asked for asked, told in spans),
+        runs_s=runs.seed_s,
+        train_s=runs.train_s,
+        env_steps=runs.env_steps,
         best=study.best_value,
         states=", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))),
         cpu_s=cpu,
@@ -120,19 +136,41 @@ def run_sweep(label: str, folder: Path, overrides: list[str], store_exists: bool
     )
 
 
-def seed_runs(folder: Path) -> tuple[int, float]:
-    """Env steps and training-loop seconds over the sweep's seed runs (the last update's
-    `losses/kl` step is the env steps that run collected)."""
+def span(trial: FrozenTrial) -> tuple[float, float]:
+    """When the trial was asked and told, in seconds since the epoch."""
+    assert trial.datetime_start is not None and trial.datetime_complete is not None
+    return trial.datetime_start.timestamp(), trial.datetime_complete.timestamp()
+
+
+@dataclass
+class Runs:
+    """What the sweep's MLflow runs say."""
+
+    env_steps: int  # over seed runs: the last update's `losses/kl` step is what each collected
+    seed_s: float  # summed over seed runs: from start to end
+    train_s: float  # summed over seed runs: inside the training loop
+    first_trial_run: float  # when a worker first began a trial (its MLflow run), epoch seconds
+
+
+def read_runs(folder: Path) -> Runs:
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ppo1")
     assert experiment is not None
-    runs = client.search_runs(
-        [experiment.experiment_id], "tags.`ppo1.role` = 'seed'", max_results=10000
+
+    def role(name: str) -> list[Run]:
+        where = f"tags.`ppo1.role` = '{name}'"
+        return client.search_runs([experiment.experiment_id], where, max_results=10000)
+
+    seeds = role("seed")
+    return Runs(
+        env_steps=sum(
+            max(m.step for m in client.get_metric_history(r.info.run_id, "losses/kl"))
+            for r in seeds
+        ),
+        seed_s=sum((r.info.end_time - r.info.start_time) / 1000 for r in seeds),
+        train_s=sum(r.data.metrics["time/train_seconds"] for r in seeds),
+        first_trial_run=min(r.info.start_time for r in role("trial")) / 1000,
     )
-    steps = sum(
-        max(m.step for m in client.get_metric_history(r.info.run_id, "losses/kl")) for r in runs
-    )
-    return steps, sum(r.data.metrics["time/train_seconds"] for r in runs)
 
 
 def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
@@ -148,6 +186,24 @@ def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
             f"{s.wall_s - s.last_trial_s:.1f} | {fixed:.0%} | {s.env_steps} | {s.best:.1f} | "
             f"{s.states} | {s.load} |"
         )
+    return "\n".join(lines)
+
+
+def breakdown(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
+    """Where each sweep's wall clock x jobs went, in per cent (see the module's docstring)."""
+    lines = [
+        "| sweep | start | end | idle slots | around seed runs | seed runs, not training "
+        "| training | per-trial fixed cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in sweeps:
+        n = jobs[s.label]
+        total = s.wall_s * n
+        start, end = s.first_trial_s * n, (s.wall_s - s.last_trial_s) * n
+        idle = total - start - end - s.trials_s
+        around, outside = s.trials_s - s.runs_s, s.runs_s - s.train_s
+        parts = [start, end, idle, around, outside, s.train_s, around + outside]
+        lines.append(f"| {s.label} | " + " | ".join(f"{p / total:.0%}" for p in parts) + " |")
     return "\n".join(lines)
 
 
@@ -179,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
             print(table(sweeps[-1:], jobs).splitlines()[-1], flush=True)
     print(f"\n{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable\n")
     print(table(sweeps, jobs))
+    print()
+    print(breakdown(sweeps, jobs))
 
 
 if __name__ == "__main__":
