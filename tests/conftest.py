@@ -29,6 +29,16 @@ TEST_CONF = Path(__file__).resolve().parent / "conf"
 TINY = ["total_timesteps=512", "eval.episodes=2", "eval.every=1", "verbose=false"]
 
 
+def pytest_configure() -> None:
+    """Tests stop the processes they start with Ctrl-C and SIGHUP, which a process started
+    ignoring them rightly keeps ignoring (ppo1.utils.signals): a suite run in the background
+    of a script (SIGINT ignored) or under nohup must not pass that on to every one of them."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: signal.SIG_DFL}
+    for signum, default in defaults.items():
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            signal.signal(signum, default)
+
+
 @pytest.fixture(scope="session")
 def compose_cfg() -> Callable[[list[str]], TrainConfig]:
     """Compose conf/train.yaml with overrides exactly as the command line would."""

@@ -650,6 +650,36 @@ def test_sigterm_ends_the_run_killed_like_ctrl_c(mlflow_uri: str) -> None:
     assert last.startswith(f"interrupted: the MLflow run {run.info.run_id} is marked KILLED; ")
 
 
+@pytest.mark.parametrize(
+    ("command", "signum"),
+    [(["nohup"], signal.SIGHUP), ([], signal.SIGINT)],
+    ids=["nohup, then the terminal closes", "a background job, then Ctrl-C to its group"],
+)
+def test_a_signal_the_run_was_started_ignoring_stays_ignored(
+    mlflow_uri: str, command: list[str], signum: int
+) -> None:
+    # nohup ignores SIGHUP; a shell without job control starts `cmd &` with SIGINT ignored.
+    args = ["ppo1.train", "total_timesteps=16384", "verbose=true", "eval.every=100"]
+    proc = subprocess.Popen(
+        [*command, sys.executable, "-m", *args, f"tracking.uri={mlflow_uri}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # The shell's part, where nohup is not the one ignoring it.
+        preexec_fn=None if command else lambda: signal.signal(signum, signal.SIG_IGN),
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("update")
+    for _ in range(2):  # a second one would stop a run that handled the first at once
+        proc.send_signal(signum)
+        time.sleep(0.1)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "final evaluation" in stdout
+    (run,) = MlflowClient(mlflow_uri).search_runs(["1"])
+    assert run.info.status == "FINISHED"
+
+
 def test_divergence_message_mentions_no_run_when_untracked() -> None:
     script = (
         "import runpy, sys, gymnasium as gym\n"

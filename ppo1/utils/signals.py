@@ -21,16 +21,20 @@ def signal_handlers(
 ) -> Iterator[None]:
     """`handler` for `signums` inside the block, the previous handlers restored after it.
 
-    Only the main thread receives signals (and may set handlers): elsewhere, nothing changes.
+    A signal the process was started ignoring stays ignored: `nohup` ignores SIGHUP so that a
+    run outlives its terminal, and a shell without job control starts a background command
+    with SIGINT ignored, so that the Ctrl-C meant for the foreground leaves it running. Only
+    the main thread receives signals (and may set handlers): elsewhere, nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = [signal.signal(signum, handler) for signum in signums]
+    handled = [signum for signum in signums if signal.getsignal(signum) is not signal.SIG_IGN]
+    previous = [signal.signal(signum, handler) for signum in handled]
     try:
         yield
     finally:
-        for signum, restored in zip(signums, previous, strict=True):
+        for signum, restored in zip(handled, previous, strict=True):
             signal.signal(signum, restored)
 
 
