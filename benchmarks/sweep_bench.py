@@ -21,9 +21,9 @@ A second table splits wall clock x jobs into: the sweep's start (before its firs
 end (after its last), x jobs; slots left idle in between (waiting for a worker, or for the
 last trials while another slot has none left to ask); per trial, what surrounds its seed runs
 (launching the job, Hydra composing its config, the trial's MLflow run, telling the study),
-what its seed runs spend outside their training loop (envs and network, evaluations, figures,
-their MLflow writes); and the training loops. The two per-trial parts are the per-trial fixed
-cost.
+what its seed runs spend outside their training loop and evaluations (envs and network,
+figures, their MLflow writes), their evaluations (`time/eval_seconds`), and their training
+loops. The two per-trial parts besides evaluations and training are the per-trial fixed cost.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Sweep:
     trials_s: float  # summed over trials: from asked (or a worker's start) to told
     runs_s: float  # summed over seed runs: from start to end
     train_s: float  # summed over seed runs: inside the training loop
+    eval_s: float  # summed over seed runs: evaluating
     env_steps: int
     best: float
     states: str
@@ -128,6 +129,7 @@ def run_sweep(label: str, folder: Path, overrides: list[str], store_exists: bool
         trials_s=sum(told - asked for asked, told in spans),
         runs_s=runs.seed_s,
         train_s=runs.train_s,
+        eval_s=runs.eval_s,
         env_steps=runs.env_steps,
         best=study.best_value,
         states=", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))),
@@ -149,6 +151,7 @@ class Runs:
     env_steps: int  # over seed runs: the last update's `losses/kl` step is what each collected
     seed_s: float  # summed over seed runs: from start to end
     train_s: float  # summed over seed runs: inside the training loop
+    eval_s: float  # summed over seed runs: evaluating
     first_trial_run: float  # when a worker first began a trial (its MLflow run), epoch seconds
 
 
@@ -169,6 +172,7 @@ def read_runs(folder: Path) -> Runs:
         ),
         seed_s=sum((r.info.end_time - r.info.start_time) / 1000 for r in seeds),
         train_s=sum(r.data.metrics["time/train_seconds"] for r in seeds),
+        eval_s=sum(r.data.metrics["time/eval_seconds"] for r in seeds),
         first_trial_run=min(r.info.start_time for r in role("trial")) / 1000,
     )
 
@@ -192,17 +196,17 @@ def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
 def breakdown(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
     """Where each sweep's wall clock x jobs went, in per cent (see the module's docstring)."""
     lines = [
-        "| sweep | start | end | idle slots | around seed runs | seed runs, not training "
+        "| sweep | start | end | idle slots | around seed runs | in seed runs | evaluations "
         "| training | per-trial fixed cost |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in sweeps:
         n = jobs[s.label]
         total = s.wall_s * n
         start, end = s.first_trial_s * n, (s.wall_s - s.last_trial_s) * n
         idle = total - start - end - s.trials_s
-        around, outside = s.trials_s - s.runs_s, s.runs_s - s.train_s
-        parts = [start, end, idle, around, outside, s.train_s, around + outside]
+        around, inside = s.trials_s - s.runs_s, s.runs_s - s.train_s - s.eval_s
+        parts = [start, end, idle, around, inside, s.eval_s, s.train_s, around + inside]
         lines.append(f"| {s.label} | " + " | ".join(f"{p / total:.0%}" for p in parts) + " |")
     return "\n".join(lines)
 

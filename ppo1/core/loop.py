@@ -160,7 +160,8 @@ class Loop:
         self.envs, self.agent, self.optimizer, self.collector, self.eval_envs = parts
         self.done = 0  # updates fully in the state
         self.recent: deque[Episode] = deque(maxlen=100)
-        self.seconds_before = 0.0  # training time of the processes before a resume
+        # Training and evaluation time of the processes before a resume.
+        self.seconds_before = self.eval_seconds_before = 0.0
         self.in_update = False
         self.saved_update = -1  # the update the resume.pt on disk holds
         if folder is not None:
@@ -204,6 +205,7 @@ class Loop:
         self.recent.extend(result.episodes)
         if result.history:
             self.seconds_before = result.history[-1]["time/train_seconds"]
+            self.eval_seconds_before = result.history[-1].get("time/eval_seconds", 0.0)
         self.saved_update = self.done
         self._durable()  # what a killed process may not have stored
 
@@ -268,6 +270,7 @@ class Loop:
                 metrics["eval/std_return"] = float(returns_eval.std())
                 result.evals.append((step, metrics["eval/mean_return"]))
                 result.final_eval = metrics["eval/mean_return"]
+            metrics["time/eval_seconds"] = self.eval_seconds_before + eval_seconds
             result.history.append({"step": float(step), **metrics})
             self.done, self.in_update = update, False
             if not self.periodic:
