@@ -305,6 +305,8 @@ def test_what_a_dead_writer_left_undone_the_trainer_does(
         tracker.log_metrics({"a": 1.0}, 1)
         tracker.flush()
         tracker.log_text("clip: 0.2\n", "config.yaml")
+        # Before it has the run, its process may not have exec'd the writer yet (a busy machine).
+        wait_until(lambda: len(writer_pids(mlflow_uri)) == 1, READY_TIMEOUT_S)
         (pid,) = writer_pids(mlflow_uri)
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not writer_pids(mlflow_uri), READY_TIMEOUT_S)
