@@ -95,11 +95,54 @@ def artifact_folder(database: Path) -> Path:
     return database.parent / "artifacts"
 
 
-def artifact_location(uri: str) -> str | None:
-    """Artifacts beside a SQLite store; MLflow would otherwise root them in the current cwd."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a SQLite store's URI; None for another store or one in memory."""
     if not uri.startswith("sqlite:///"):
         return None
-    return artifact_folder(Path(uri.removeprefix("sqlite:///"))).resolve().as_uri()
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return None if path.name in ("", ":memory:") else path
+
+
+def create_whole(uri: str) -> None:
+    """Create a SQLite store that does not exist yet in a file of its own, then link it
+    into place: whole, or not at all.
+
+    MLflow creates a new store's tables in place (~1 s of migrations): a process stopped
+    meanwhile (Ctrl-C in a sweep's first second, `kill -9`, a closed terminal) left a half-made
+    database that every later command failed on. `os.link` fails if another process linked
+    its store first; theirs is as good. Files left by creations killed on this host go too.
+    """
+    path = sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)  # the default mlruns/ (others are checked)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    prefix = f".{path.name}.{socket.gethostname()}."
+    for left in path.parent.glob(f"{prefix}*.new"):
+        pid = left.name.removeprefix(prefix).removesuffix(".new")
+        if pid.isdigit() and process_start(int(pid)) is None:
+            left.unlink(missing_ok=True)
+    made = path.with_name(f"{prefix}{os.getpid()}.new")
+    try:
+        root = artifact_location(uri)  # the Default experiment's too, not the cwd's mlruns/
+        store = SqlAlchemyStore(f"sqlite:///{made}", root)  # type: ignore[no-untyped-call]
+        store.engine.dispose()
+        try:
+            os.link(made, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: the small race of a rename
+            if not path.exists():
+                made.rename(path)
+    finally:
+        made.unlink(missing_ok=True)
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite store; MLflow would otherwise root them in the current cwd."""
+    path = sqlite_path(uri)
+    return None if path is None else artifact_folder(path).resolve().as_uri()
 
 
 def quiet_mlflow() -> None:

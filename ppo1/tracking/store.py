@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ppo1.config import ConfigError, TrackingConfig
-from ppo1.tracking.ops import artifact_folder, quiet_mlflow
+from ppo1.tracking.ops import artifact_folder, create_whole, quiet_mlflow, sqlite_path
 from ppo1.utils.cli import one_line
 from ppo1.utils.paths import project_root
 from ppo1.utils.redact import redact
@@ -73,10 +73,8 @@ def _sqlite_problem(uri: str) -> str | None:
     so a typo in the path, or three slashes meant as four, would grow a tree silently; and it
     finds an unwritable store only at the run's first write, after minutes of retries.
     """
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    if path.name in ("", ":memory:"):
+    path = sqlite_path(uri)
+    if path is None:
         return None
     if not path.parent.is_dir():
         if uri == default_tracking_uri():
@@ -144,6 +142,7 @@ def connect(uri: str) -> MlflowClient | str:
     if problem is not None:
         return problem
     try:
+        create_whole(uri)
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # whatever the store's backend raises: report, not traceback

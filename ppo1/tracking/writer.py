@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ppo1.tracking.ops import ORPHANED, Op, apply, create_run, quiet_mlflow
+from ppo1.tracking.ops import ORPHANED, Op, apply, create_run, create_whole, quiet_mlflow
 
 if TYPE_CHECKING:
     pass
@@ -202,6 +202,7 @@ def main(argv: list[str]) -> int:
         # A few seconds on a server that stopped answering, not MLflow's ~4 minutes of retries:
         # the trainer then checks the server itself, and takes the writes over or reports it.
         os.environ.setdefault(MLFLOW_HTTP_REQUEST_MAX_RETRIES.name, "2")
+        create_whole(uri)
         client = MlflowClient(uri)
         if run[0] == "create":
             run_id, run_name, experiment_id = create_run(client, *run[1:])
