@@ -429,7 +429,7 @@ def test_unsupported_env_spaces_fail_before_any_run(
     ("uri", "cause"),
     [
         ("{tmp}/a-directory", "not a store ppo1 can use: give sqlite:///PATH/mlflow.db"),
-        ("bogus://foo", "unsupported URI 'bogus://foo'"),
+        ("bogus://foo", "unsupported URI scheme 'bogus': give sqlite:///PATH/mlflow.db"),
         ("http://127.0.0.1:{port}", "no server answers at http://127.0.0.1:{port}/health"),
         ("sqlite:///{tmp}/missing/dir/mlflow.db", "directory {tmp}/missing/dir does not exist"),
     ],
@@ -439,13 +439,15 @@ def test_bad_tracking_uri_fails_fast_with_one_message(tmp_path: Path, uri: str, 
     uri, cause = (s.format(tmp=tmp_path, port=port) for s in (uri, cause))
     start = time.monotonic()
     # MLflow alone retried the dead server for ~250 s, then printed a ~90-line traceback.
-    proc = run_train(f"tracking.uri={uri}", *TINY, timeout=60)
+    proc = run_train(f"tracking.uri={uri}", *TINY, timeout=60, env={"PPO1_HOME": str(tmp_path)})
     assert time.monotonic() - start < 60
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: tracking.uri {uri!r}: ")
     assert cause in lines[0]
     assert not (tmp_path / "missing").exists()  # MLflow would have created it
+    # Refused before training: no checkpoint folder (a bogus scheme used to train, then fail).
+    assert not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.parametrize("folder", ["mlruns", "mlruns/artifacts"])
@@ -514,7 +516,10 @@ def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
     server_args = ["server", "--backend-store-uri", db, "--workers", "1"]
     artifacts = ["--artifacts-destination", str(tmp_path / "artifacts")]
     with mlflow_serving([*server_args, *artifacts], tmp_path) as (url, server):
-        done = run_train(f"tracking.uri={url}", writes, *TINY[:-1], "tracking.figures=none")
+        checkpoints = f"checkpoint_dir={tmp_path / 'checkpoints'}"  # not the checkout's mlruns/
+        done = run_train(
+            f"tracking.uri={url}", writes, checkpoints, *TINY[:-1], "tracking.figures=none"
+        )
         assert done.returncode == 0, done.stderr
         # `mlflow ui --backend-store-uri http://...` opens nothing: the server has its own UI.
         assert f"  this run: {url}/#/experiments/1/runs/" in done.stdout
@@ -526,9 +531,9 @@ def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
         for proc in (done, evaluated):  # no "View run ... at:" lines, no download progress bar
             assert proc.stderr == ""
 
-        long_run = ["total_timesteps=1000000", f"tracking.uri={url}", writes, "verbose=true"]
+        long_run = [f"tracking.uri={url}", writes, checkpoints, "total_timesteps=1000000"]
         training = subprocess.Popen(
-            [sys.executable, "-m", "ppo1.train", *long_run],
+            [sys.executable, "-m", "ppo1.train", *long_run, "verbose=true"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -7,6 +7,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,12 +103,33 @@ def _file_store_problem() -> str | None:
     )
 
 
+# What MLflow's tracking store registry takes besides files and servers; a database URL may
+# name its driver (`postgresql+psycopg`). Plugins add theirs as `mlflow.tracking_store` entry
+# points.
+_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+
+def _scheme_problem(scheme: str) -> str | None:
+    """MLflow refuses a scheme it has no store for only once the run's writer opens it, a
+    few seconds into training: said before training instead."""
+    if scheme.split("+", 1)[0].lower() in _SCHEMES:
+        return None
+    if scheme in {plugin.name for plugin in entry_points(group="mlflow.tracking_store")}:
+        return None
+    return (
+        f"unsupported URI scheme {scheme!r}: give sqlite:///PATH/mlflow.db, a database URL "
+        "(postgresql://...) or http://HOST:PORT (a tracking server)"
+    )
+
+
 def store_problem(uri: str) -> str | None:
     """What is wrong with a tracking URI that can be told without MLflow, or None."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if scheme in ("", "file"):
         return _file_store_problem()
-    return _server_problem(uri) if is_server(uri) else _sqlite_problem(uri)
+    if is_server(uri):
+        return _server_problem(uri)
+    return _scheme_problem(scheme) or _sqlite_problem(uri)
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
