@@ -253,6 +253,20 @@ def sweep_exits(args: list[str], env: dict[str, str] | None = None) -> str:
     return line
 
 
+@pytest.mark.parametrize("store", ["bogus://x", "a text file"])
+def test_a_bad_tracking_store_stops_a_parallel_sweep_in_one_line(
+    tmp_path: Path, store: str
+) -> None:
+    # Told before the workers start (a scheme MLflow has no store for), or only by MLflow once
+    # they are starting (not a database): either way one line, and no worker's traceback.
+    if store == "a text file":
+        (tmp_path / "mlflow.db").write_text("not a database")
+        store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [f"tracking.uri={store}", "sweep.n_jobs=2", f"sweep.storage={tmp_path / 's.journal'}"]
+    line = sweep_exits(args)
+    assert line.startswith(f"error: invalid config: tracking.uri {store!r}: ")
+
+
 @pytest.mark.parametrize(
     ("storage", "message"),
     [

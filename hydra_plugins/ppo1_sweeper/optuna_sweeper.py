@@ -50,6 +50,7 @@ from ppo1.sweep.study import (
     value_settings,
 )
 from ppo1.sweep.workers import shut_down, stop_workers, uses_joblib, warm_up
+from ppo1.tracking.store import store_error, store_problem, tracking_uri
 from ppo1.utils.cli import exit_with_error
 from ppo1.utils.paths import usable_cpus
 from ppo1.utils.redact import redact
@@ -172,12 +173,15 @@ class OptunaSweeper(Sweeper):
             # MLflow run opens while they start; mlflow (~1.5 s) is imported only now, so that
             # they start sooner (Hydra imports every plugin when any app starts, and a plain
             # `python -m ppo1.train` without tracking never needs it).
+            if tracking.enabled and (problem := store_problem(uri := tracking_uri(tracking))):
+                exit_with_error(f"invalid config: {store_error(uri, problem)}")  # no MLflow
             self._warm_up(n)
             from ppo1.sweep.parent_run import open_study_run
 
             try:  # under the lock: sweep processes must not create a new store's tables at once
                 parent = open_study_run(tracking, sweep, spec)
             except ConfigError as err:
+                shut_down()  # workers forked as this process exits print tracebacks
                 exit_with_error(f"invalid config: {err}")
             # Only now that a trial can start: settings recorded by a command that could not
             # run (a bad tracking store) would refuse its corrected re-run as a mismatch.

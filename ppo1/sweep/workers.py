@@ -27,6 +27,8 @@ _WATCH_S = 1.0
 _EXIT_AFTER_S = 30.0
 # The growth past its warmed-up size at which loky replaces a worker as leaking (its own: 300 MB).
 _LEAK_BYTES = int(1.5e9)
+# How long shut_down waits for the warm-up's workers to have started (imports: seconds).
+_WARM_UP_WAIT_S = 60.0
 
 
 class TrialInterrupted(Exception):
@@ -38,6 +40,8 @@ class TrialInterrupted(Exception):
 
 # Set in the fork server's environment, so in every worker's: the sweep process's pid.
 SWEEP_PID_ENV = "PPO1_SWEEP_PID"
+
+_warming: threading.Thread | None = None  # warm_up's, starting the pool
 
 
 def warm_up(settings: dict[str, Any], n: int, modules: Iterable[str]) -> None:
@@ -51,9 +55,11 @@ def warm_up(settings: dict[str, Any], n: int, modules: Iterable[str]) -> None:
 
     if "forkserver" in multiprocessing.get_all_start_methods():  # not on Windows
         _start_fork_server(modules)
+    global _warming
     work = [delayed(prepare_worker)(list(modules)) for _ in range(n)]
     parallel = Parallel(**{**settings, "backend": "loky"})
-    threading.Thread(target=parallel, args=(work,), name="ppo1-warm-up", daemon=True).start()
+    _warming = threading.Thread(target=parallel, args=(work,), name="ppo1-warm-up", daemon=True)
+    _warming.start()
 
 
 def _start_fork_server(modules: Iterable[str]) -> None:
@@ -176,7 +182,11 @@ def stop_workers() -> None:
 def shut_down() -> None:
     """End the idle workers now that the sweep has no trial left for them. Left to the exit
     handler, joblib winds them down gracefully: 2.5 s of the sweep's end here (5 s under load),
-    for processes that hold nothing to save."""
+    for processes that hold nothing to save. A warm-up still starting them is waited for: a
+    sweep that exits meanwhile (its tracking store refused) left each worker forked after it
+    to find its semaphores gone and print a traceback under the sweep's error line."""
+    if _warming is not None:
+        _warming.join(_WARM_UP_WAIT_S)
     if (pool := _pool()) is not None:
         pool.shutdown(wait=True, kill_workers=True)
 
