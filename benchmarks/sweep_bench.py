@@ -177,29 +177,41 @@ def read_runs(folder: Path) -> Runs:
     )
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header, its separator, a line per row."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
 def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
-    lines = [
-        "| sweep | wall s | CPU s | first trial at s | report s | fixed cost | env steps | best "
-        "| trials | load |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    header = ["sweep", "wall s", "CPU s", "first trial at s", "report s", "fixed cost"]
+    header += ["env steps", "best", "trials", "load"]
+    rows = []
     for s in sweeps:
         fixed = 1 - s.train_s / (s.wall_s * jobs[s.label])
-        lines.append(
-            f"| {s.label} | {s.wall_s:.1f} | {s.cpu_s:.1f} | {s.first_trial_s:.1f} | "
-            f"{s.wall_s - s.last_trial_s:.1f} | {fixed:.0%} | {s.env_steps} | {s.best:.1f} | "
-            f"{s.states} | {s.load} |"
+        report = s.wall_s - s.last_trial_s
+        rows.append(
+            [
+                s.label,
+                f"{s.wall_s:.1f}",
+                f"{s.cpu_s:.1f}",
+                f"{s.first_trial_s:.1f}",
+                f"{report:.1f}",
+                f"{fixed:.0%}",
+                str(s.env_steps),
+                f"{s.best:.1f}",
+                s.states,
+                s.load,
+            ]
         )
-    return "\n".join(lines)
+    return markdown(header, rows)
 
 
 def breakdown(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
     """Where each sweep's wall clock x jobs went, in per cent (see the module's docstring)."""
-    lines = [
-        "| sweep | start | end | idle slots | around seed runs | in seed runs | evaluations "
-        "| training | per-trial fixed cost |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    header = ["sweep", "start", "end", "idle slots", "around seed runs", "in seed runs"]
+    header += ["evaluations", "training", "per-trial fixed cost"]
+    rows = []
     for s in sweeps:
         n = jobs[s.label]
         total = s.wall_s * n
@@ -207,8 +219,8 @@ def breakdown(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
         idle = total - start - end - s.trials_s
         around, inside = s.trials_s - s.runs_s, s.runs_s - s.train_s - s.eval_s
         parts = [start, end, idle, around, inside, s.eval_s, s.train_s, around + inside]
-        lines.append(f"| {s.label} | " + " | ".join(f"{p / total:.0%}" for p in parts) + " |")
-    return "\n".join(lines)
+        rows.append([s.label, *(f"{p / total:.0%}" for p in parts)])
+    return markdown(header, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
