@@ -119,8 +119,8 @@ def create_whole(uri: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     prefix = f".{path.name}.{socket.gethostname()}."
-    for left in path.parent.glob(f"{prefix}*.new"):
-        pid = left.name.removeprefix(prefix).removesuffix(".new")
+    for left in path.parent.glob(f"{prefix}*.new*"):  # with SQLite's -journal beside it
+        pid = left.name.removeprefix(prefix).split(".new", 1)[0]
         if pid.isdigit() and process_start(int(pid)) is None:
             left.unlink(missing_ok=True)
     made = path.with_name(f"{prefix}{os.getpid()}.new")
@@ -137,6 +137,7 @@ def create_whole(uri: str) -> None:
                 made.rename(path)
     finally:
         made.unlink(missing_ok=True)
+        made.with_name(f"{made.name}-journal").unlink(missing_ok=True)  # cut mid-transaction
 
 
 def artifact_location(uri: str) -> str | None:
