@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -552,6 +553,34 @@ def test_a_parallel_sweep_killed_outright_leaves_no_worker_behind(tmp_path: Path
     statuses = status_of_runs(tmp_path)
     assert statuses["trial"] == statuses["seed"] == {"KILLED"}
     assert len(runs_by_role(tmp_path)["seed"]) == 2
+
+
+def test_a_process_killed_while_it_writes_the_journal_holds_no_one_up(tmp_path: Path) -> None:
+    # A sweep process killed during a heartbeat, or a job during a report, dies holding the
+    # journal's lock. Optuna's own lock (a symlink) stayed behind it for a 30 s grace period,
+    # and a killed sweep's workers, waiting on it, could not end their runs (left RUNNING).
+    journal = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="s", storage=open_storage(journal))
+    trial = study.ask()
+    script = (
+        "import sys, time; from ppo1.sweep.study import JournalLock\n"
+        f"lock = JournalLock({journal!r}); lock.acquire(); print('held', flush=True)\n"
+        "time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        writing = threading.Thread(target=trial.set_user_attr, args=("after", True), daemon=True)
+        writing.start()
+        writing.join(timeout=2)
+        assert writing.is_alive(), "a write to the journal waits while another process holds it"
+        holder.kill()
+        holder.wait(timeout=30)
+        writing.join(timeout=10)
+        assert not writing.is_alive(), "the lock went with the killed process"
+    finally:
+        holder.kill()
+    assert load_study(tmp_path, "s").trials[0].user_attrs == {"after": True}
 
 
 def test_a_killed_sweep_process_is_found_out_and_its_slot_run_again(tmp_path: Path) -> None:

@@ -56,9 +56,9 @@ def lock_id(key: str) -> int:
 
 @contextmanager
 def file_lock(path: str) -> Iterator[None]:
-    """An exclusive lock on `path`.ask.lock for processes on one machine (a journal file's or
-    an SQLite database's); released when the file closes, however the process ends."""
-    with open(f"{path}.ask.lock", "a") as handle:
+    """An exclusive lock on the file `path` for processes on one machine; released when the
+    file closes, however the process ends (a `kill -9` too)."""
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -74,7 +74,7 @@ def database_lock(url: str, key: str) -> Iterator[None]:
         if not database or database == ":memory:":
             yield  # a database of this process alone
             return
-        with file_lock(database):
+        with file_lock(f"{database}.ask.lock"):
             yield
         return
     with _lock_engine(url).connect() as connection, connection.begin():

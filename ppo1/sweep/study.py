@@ -6,7 +6,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
+
+# The type of JournalFileBackend's `lock_obj`, not exported by optuna.storages.journal (pinned).
+from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_plain_dict
@@ -57,12 +60,36 @@ def open_storage(spec: str) -> BaseStorage:
     path = Path(spec)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(JournalFileBackend(str(path), JournalLock(str(path))))
     except OSError as err:
         raise ConfigError(
             f"sweep.storage {spec}: cannot write the journal there ({err.strerror}); "
             f"name a writable file: sweep.storage=PATH"
         ) from None
+
+
+class JournalLock(BaseJournalFileLock):
+    """The lock around each append to a journal file, released however its holder ends.
+
+    Optuna's own (a symlink beside the journal) stays behind a process killed while it
+    appends, and every other then waits out a 30 s grace period: a sweep process killed
+    during a heartbeat held its workers past the time they get to end their runs, which
+    stayed RUNNING. Every writer of a sweep's journal takes this one (open_storage)."""
+
+    def __init__(self, journal: str) -> None:
+        self._path = f"{journal}.write.lock"
+        self._held: ExitStack | None = None
+
+    def acquire(self) -> bool:
+        with ExitStack() as stack:
+            stack.enter_context(file_lock(self._path))
+            self._held = stack.pop_all()
+        return True
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
 
 def storage_exists(spec: str) -> bool:
@@ -82,7 +109,7 @@ def study_lock(spec: str, study_name: str) -> Iterator[None]:
         with database_lock(spec, study_key(study_name)):
             yield
         return
-    with file_lock(spec):
+    with file_lock(f"{spec}.ask.lock"):
         yield
 
 
