@@ -480,6 +480,24 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def pool_workers(sweep_pid: int, below: set[int]) -> list[int]:
+    """joblib's workers in a parallel sweep: the children of the fork server, its child."""
+    parent = {pid: int(stat[1]) for pid in below if (stat := proc_stat(pid)) is not None}
+    server = [p for p in below if parent.get(p) == sweep_pid and b"forkserver" in cmdline(p)]
+    return [pid for pid in below if parent.get(pid) in server]
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def ignores(pid: int, signum: int) -> bool:
+    """Whether process `pid` ignores `signum` (its SigIgn mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
 def parallel_sweep(tmp_path: Path) -> subprocess.Popen[str]:
     """A sweep of two trials in two joblib workers, once both train; in its own session."""
     command = sweep_command(
@@ -515,6 +533,11 @@ def test_a_stopped_parallel_sweep_stops_its_workers_and_gives_their_trials_back(
     sweep = parallel_sweep(tmp_path)
     try:
         below = descendants(sweep.pid)  # the fork server, its two workers, their trackers
+        # A worker takes its stop from the sweep process alone: a Ctrl-C to the group and the
+        # sweep's SIGTERM after it were two stops, and a job's second stops it at once,
+        # wherever it is (inside an append to the study's journal: its runs ended FAILED).
+        assert len(workers := pool_workers(sweep.pid, below)) == 2
+        assert all(ignores(pid, signal.SIGINT) and ignores(pid, signal.SIGHUP) for pid in workers)
         if how == "SIGTERM":  # a scheduler's stop, to the sweep process only
             sweep.send_signal(signal.SIGTERM)
         else:  # a terminal's Ctrl-C: SIGINT to every process of its group

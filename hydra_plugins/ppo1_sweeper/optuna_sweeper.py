@@ -11,7 +11,7 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 # where dataclasses cannot resolve string annotations.
 import gc
 import sys
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,7 +49,7 @@ from ppo1.sweep.study import (
     study_lock,
     value_settings,
 )
-from ppo1.sweep.workers import shut_down, stop_workers, uses_joblib, warm_up
+from ppo1.sweep.workers import shut_down, uses_joblib, warm_up, workers_stopped
 from ppo1.tracking.store import store_error, store_problem, tracking_uri
 from ppo1.utils.cli import exit_with_error
 from ppo1.utils.paths import usable_cpus
@@ -260,9 +260,8 @@ class OptunaSweeper(Sweeper):
         try:
             slots.run()
         except BaseException:
-            if n > 1:
-                stop_workers()
-            give_back(study, slots.stop(_STOP_WAIT_S))
+            with workers_stopped() if n > 1 else nullcontext():
+                give_back(study, slots.stop(_STOP_WAIT_S))
             raise
         finally:
             if n > 1 and uses_joblib(self.launcher):

@@ -17,9 +17,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
+
+from ppo1.utils.signals import STOPS, signal_handlers
 
 # How often a worker checks for its sweep process where it cannot wait for its end, and how long
 # it may take to end its runs.
@@ -110,6 +112,12 @@ def enter_worker() -> None:
     if pid is None or _entered:
         return
     _entered = True
+    # Its stops come from the sweep process (stop_workers) or, once that is gone, from the
+    # watch below: SIGTERM, once. A terminal's Ctrl-C or hang-up reaches the whole process
+    # group, and with the sweep's SIGTERM after it a job saw a second stop, which stops it at
+    # once wherever it is (inside an append to the study's journal: its run ended FAILED).
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     sweep_ended = _ended(int(pid))
 
     def watch() -> None:
@@ -177,6 +185,15 @@ def stop_workers() -> None:
     for pid in list(pool._processes):
         with suppress(ProcessLookupError):  # ended already
             os.kill(pid, signal.SIGTERM)
+
+
+@contextmanager
+def workers_stopped() -> Iterator[None]:
+    """stop_workers(), then wait in the block for their jobs to end; another stop meanwhile (a
+    second Ctrl-C) is passed on to them, which stops their jobs at once, and still waited for."""
+    stop_workers()
+    with signal_handlers(STOPS, lambda signum, frame: stop_workers()):
+        yield
 
 
 def shut_down() -> None:
