@@ -26,6 +26,7 @@ from ppo1.config import NOT_LEARNING, ConfigError, SweepConfig, TrainConfig, to_
 from ppo1.sweep.database import database_lock, file_lock, open_rdb, study_key
 from ppo1.utils.params import flatten
 from ppo1.utils.paths import project_root
+from ppo1.utils.signals import interrupts_deferred
 
 # Trial user attrs the sweeper writes for its jobs and for resuming.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -69,7 +70,8 @@ def open_storage(spec: str) -> BaseStorage:
 
 
 class JournalLock(BaseJournalFileLock):
-    """The lock around each append to a journal file, released however its holder ends.
+    """The lock around each append to a journal file, released however its holder ends, and
+    an append whole: a stop while it is held waits for its release.
 
     Optuna's own (a symlink beside the journal) stays behind a process killed while it
     appends, and every other then waits out a 30 s grace period: a sweep process killed
@@ -82,7 +84,8 @@ class JournalLock(BaseJournalFileLock):
 
     def acquire(self) -> bool:
         with ExitStack() as stack:
-            stack.enter_context(file_lock(self._path))
+            stack.enter_context(file_lock(self._path))  # a stop still ends a long wait here
+            stack.enter_context(interrupts_deferred())
             self._held = stack.pop_all()
         return True
 

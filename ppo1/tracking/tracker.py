@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -177,8 +178,12 @@ class Tracker:
     def _apply(self, op: Op) -> None:
         """One write by this process's client."""
         client, run_id = self._own_client()
+        # A server's write is not cut by a stop (the server makes it whole, or not at all),
+        # and one that hangs, MLflow retrying, must stay stoppable.
+        whole = nullcontext() if is_server(self.uri) else interrupts_deferred()
         try:
-            apply(client, run_id, op)
+            with whole:
+                apply(client, run_id, op)
         except Exception as err:  # whatever the store's backend raises
             if op[0] in ("artifact", "text"):
                 # A file the store could not take (a full disk): its runs table may still

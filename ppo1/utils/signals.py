@@ -40,16 +40,21 @@ def signal_handlers(
 
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C, SIGTERM or SIGHUP that arrives inside the block until it ends.
+    """Hold a Ctrl-C, SIGTERM or SIGHUP that arrives inside the block until it ends, then
+    deliver it to the handler it was meant for (training's holds a first stop until its
+    update ends; a second stops it).
 
-    Used around `create_run`: interrupted after the store wrote the run but before it
-    returned, we would never learn the run's id to mark it KILLED.
+    Used around `create_run` (interrupted after the store wrote the run but before it
+    returned, we would never learn the run's id to mark it KILLED) and around each write to a
+    database or a file: cut mid-transaction, SQLite kept the write lock on the connection,
+    and every later write of the process, its run's end included, failed 'database is
+    locked'.
     """
     caught: list[int] = []
     with signal_handlers(STOPS, lambda signum, _: caught.append(signum)):
         yield
-    if caught:
-        raise KeyboardInterrupt
+    for signum in caught:
+        signal.raise_signal(signum)
 
 
 @contextmanager
