@@ -115,7 +115,7 @@ def enter_worker() -> None:
     # Its stops come from the sweep process (stop_workers) or, once that is gone, from the
     # watch below: SIGTERM, once. A terminal's Ctrl-C or hang-up reaches the whole process
     # group, and with the sweep's SIGTERM after it a job saw a second stop, which stops it at
-    # once wherever it is (inside an append to the study's journal: its run ended FAILED).
+    # once, mid-update, instead of after the update (two CIs saw one of its runs FAILED).
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     sweep_ended = _ended(int(pid))
