@@ -11,6 +11,7 @@ launcher works and several sweep processes can share one study. Hydra loads plug
 # where dataclasses cannot resolve string annotations.
 import gc
 import sys
+import uuid
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
+from ppo1.sweep.compose import ComposeOnce
 from ppo1.sweep.faults import stopped_by
 from ppo1.sweep.outcomes import end_study_run, fail_stale, give_back, tell
 from ppo1.sweep.pruning import build_pruner
@@ -94,10 +96,12 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        self.hydra_context = hydra_context
+        # Jobs' configs come from one composition per process (ppo1.sweep.compose).
+        self.loader = ComposeOnce(hydra_context.config_loader, uuid.uuid4().hex)
+        self.hydra_context = HydraContext(self.loader, hydra_context.callbacks)
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
+            hydra_context=self.hydra_context, task_function=task_function, config=config
         )
 
     def _job_config(self, job_overrides: list[str]) -> DictConfig:
@@ -158,6 +162,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         sweep, tracking, fixed, space = self._read(arguments)
+        self.loader.varying = frozenset([*space, "sweep.trial"])  # what _run sets per trial
         job_cfg = self._check_fixed(sweep, fixed, space)
         n = self._slots(sweep)
         spec = storage_spec(sweep)
