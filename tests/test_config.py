@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import pytest
 from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from ppo1.config import CONF_DIR, ConfigError, TrainConfig
+from ppo1.config import CONF_DIR, ConfigError, TrainConfig, to_plain_dict
 
 from .conftest import one_error_line, run_module
 
@@ -31,6 +32,20 @@ def test_every_combination_composes(
     cfg = compose_cfg([f"env={env}", f"algo={algo}", f"schedule={schedule}"])
     assert cfg.schedule.kind.value == schedule
     assert cfg.algo.minibatch_size <= cfg.batch_size
+    same_plain_dict(cfg)
+
+
+def same_plain_dict(cfg: TrainConfig) -> None:
+    """to_plain_dict is OmegaConf's plain form of the config, types and order included."""
+    theirs = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    assert repr(to_plain_dict(cfg)) == repr(theirs)
+
+
+@pytest.mark.parametrize("sweep", options("sweep"))
+def test_a_sweeps_plain_dict_is_omegaconfs(compose_cfg: Compose, sweep: str) -> None:
+    cfg = compose_cfg([f"sweep={sweep}", "sweep.trial=3", "checkpoint_every=2"])
+    same_plain_dict(cfg)
+    assert to_plain_dict(cfg)["sweep"]["kl"]["metric"] == "kl"  # an enum, by name
 
 
 def test_overrides_reach_the_typed_config(compose_cfg: Compose) -> None:

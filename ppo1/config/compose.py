@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,22 @@ NOT_LEARNING = (
 
 
 def to_plain_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The resolved config as plain Python containers (enums as strings), e.g. for checkpoints."""
-    container = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-    assert isinstance(container, dict)
-    return {str(k): v for k, v in container.items()}
+    """The resolved config as plain Python containers (enums as their names), e.g. for
+    checkpoints and a run's params: what `OmegaConf.to_container(OmegaConf.structured(cfg),
+    enum_to_str=True)` gives (tests/test_config.py), without building OmegaConf's tree of the
+    config (~10 ms, several times per sweep trial)."""
+    plain = _plain(cfg)
+    assert isinstance(plain, dict)
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
