@@ -27,8 +27,8 @@ class RunLog(LoopObserver):
     `logged`: per metric, the last step the store already holds; nothing up to it is sent.
     """
 
-    def __init__(self, tracker: Tracker, logged: dict[str, int]) -> None:
-        self.tracker, self.logged = tracker, logged
+    def __init__(self, tracker: Tracker, logged: dict[str, int], episode_rows: bool) -> None:
+        self.tracker, self.logged, self.episode_rows = tracker, logged, episode_rows
         self.updates = self.episodes = 0  # how much of result.history and .episodes went out
 
     def durable(self, result: TrainResult) -> None:
@@ -37,9 +37,11 @@ class RunLog(LoopObserver):
             step = int(row["step"])
             while self.episodes < len(episodes) and episodes[self.episodes].step <= step:
                 e = episodes[self.episodes]
-                self._log(
-                    {"charts/episodic_return": e.ret, "charts/episodic_length": e.length}, e.step
-                )
+                if self.episode_rows:
+                    self._log(
+                        {"charts/episodic_return": e.ret, "charts/episodic_length": e.length},
+                        e.step,
+                    )
                 self.episodes += 1
             self._log({k: v for k, v in row.items() if k != "step"}, step)
             self.updates += 1
@@ -98,7 +100,7 @@ def train(
     try:
         with Tracker(cfg.tracking, plain, tags, run_id=run_id) as tracker:
             observers: list[LoopObserver] = [
-                RunLog(tracker, {} if resume is None else resume.logged),
+                RunLog(tracker, {} if resume is None else resume.logged, cfg.tracking.episode_rows),
                 FigureLogger(cfg, tracker),
             ]
             shown = console(cfg, tracker)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import plotly.io as pio
 import pytest
 import yaml
 from mlflow.entities import Run
@@ -34,6 +35,7 @@ from ppo1.sweep.study import (
 from ppo1.tracking.ops import PID_TAG
 from tests.browser import offline_page
 from tests.conftest import TEST_CONF, dashboard_study, proc_stat, running, wait_until
+from tests.test_figure_logging import values
 
 pytestmark = pytest.mark.slow
 
@@ -344,6 +346,22 @@ def test_the_joblib_launcher_runs_two_trials_at_once_in_warm_workers(tmp_path: P
     pids = [r.data.tags[PID_TAG] for r in by_trial]
     assert len(set(pids)) == 2 and str(sweep.pid) not in pids
     assert {r.data.params["tracking.writer_process"] for r in by_trial} == {"False"}
+
+
+def test_the_shipped_sweeps_seed_runs_log_per_update_means_not_every_episode(
+    tmp_path: Path,
+) -> None:
+    """Each episode's rows would be most of what a short trial writes; its figures draw them."""
+    budget = ["sweep.n_trials=1", "sweep.n_jobs=1", "total_timesteps=2048"]
+    run(sweep_command(tmp_path, "clip_epochs_lr", *budget), tmp_path)
+    (seed,) = runs_by_role(tmp_path)["seed"]
+    assert seed.data.params["tracking.episode_rows"] == "False"
+    assert "charts/episodic_return" not in seed.data.metrics
+    assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "losses/kl"} <= set(seed.data.metrics)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    page = client.download_artifacts(seed.info.run_id, "figures", str(tmp_path / "figures"))
+    figure = pio.read_json(Path(page) / "json" / "episode_return.json")
+    assert len(values(figure.data[0].y)) >= 20  # every episode of 2048 steps, from memory
 
 
 def test_a_resumed_sweep_draws_new_points(tmp_path: Path) -> None:

@@ -258,6 +258,10 @@ class TrackingConfig:
     # MLflow writes made by a second process (ppo1.tracking.writer) when the job may use 2+ CPUs;
     # false: by the training process itself, e.g. where every core already runs a job.
     writer_process: bool = True
+    # Every episode's return and length as metric rows (charts/episodic_*), besides the
+    # per-update means (rollout/ep_*_mean). The sweep presets turn them off: they are most of
+    # the rows a short trial writes, and its figures still draw every episode.
+    episode_rows: bool = True
 
     def __post_init__(self) -> None:
         raise_if(

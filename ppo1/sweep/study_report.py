@@ -30,8 +30,8 @@ from ppo1.utils.redact import redact
 ComposeJob = Callable[[list[str]], DictConfig]
 
 # Keys a re-run should not copy from a sweep job: the sweep itself, its quiet, light output
-# (the re-run saves its model and logs the full figures) and its inline MLflow writes (every
-# core ran a trial; a lone re-run has a core for the writer process).
+# (the re-run saves its model, logs the full figures and every episode) and its inline MLflow
+# writes (every core ran a trial; a lone re-run has a core for the writer process).
 _NOT_RERUN = (
     "sweep",
     "hydra",
@@ -39,6 +39,7 @@ _NOT_RERUN = (
     "log_every",
     "save_model",
     "tracking.figures",
+    "tracking.episode_rows",
     "tracking.writer_process",
 )
 
