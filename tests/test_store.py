@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ppo1.tracking.store import connect
+
 from .conftest import TINY, wait_until
 
 
@@ -64,3 +66,14 @@ def test_two_processes_creating_one_store_at_once_both_use_it(tmp_path: Path) ->
     assert [e.name for e in client.search_experiments()] == ["Default"]
     assert sorted(r.info.run_id for r in client.search_runs(["0"])) == sorted(ids)
     assert not list(tmp_path.glob(".mlflow.db.*"))
+
+
+def test_a_sqlite_store_is_checked_once_per_process(tmp_path: Path) -> None:
+    """A sweep's worker opens two runs per trial; the store is checked at the first."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert isinstance(connect(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"), str)
+    first = connect(uri)
+    assert isinstance(first, MlflowClient)
+    assert connect(uri) is first
+    other = connect(f"sqlite:///{tmp_path / 'other.db'}")
+    assert isinstance(other, MlflowClient) and other is not first

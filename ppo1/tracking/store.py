@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 # The one request that tells a dead tracking server from a live one; MLflow's own client
 # retries a refused connection for ~4 minutes before it fails.
 _HEALTH_TIMEOUT_S = 5.0
+# Clients on the SQLite stores that answered this process, by URI. A sweep's worker opens two
+# runs per trial, and building a client and checking its store (~10 ms) once is enough: MLflow
+# keeps one database engine per URI for the process's life anyway. A server or database
+# server may go away between two runs, when the check still turns that into one clear line.
+_answered: dict[str, MlflowClient] = {}
 
 
 def default_tracking_uri() -> str:
@@ -159,6 +164,8 @@ def connect(uri: str) -> MlflowClient | str:
     """
     from mlflow.tracking import MlflowClient
 
+    if uri in _answered:
+        return _answered[uri]
     quiet_mlflow()
     problem = store_problem(uri)
     if problem is not None:
@@ -169,6 +176,8 @@ def connect(uri: str) -> MlflowClient | str:
         client.search_experiments(max_results=1)
     except Exception as err:  # whatever the store's backend raises: report, not traceback
         return one_line(err)
+    if sqlite_path(uri) is not None:
+        _answered[uri] = client
     return client
 
 
