@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.markdown import markdown_rows
 from benchmarks.stats import iqm, stratified_bootstrap_ci
 from benchmarks.table import machine_info
 from ppo1.config import TrackingConfig
@@ -175,7 +176,7 @@ def fmt_steps(steps: float) -> str:
     return f"{steps / 1e6:.3g}M" if steps >= 1e6 else f"{steps / 1e3:.4g}k"
 
 
-def table_row(result: RowResult) -> str:
+def table_cells(result: RowResult) -> list[str]:
     row, runs, finals = result.row, result.runs, result.finals
     lo, hi = stratified_bootstrap_ci(finals)
     steps = int(np.median([r.steps for r in runs]))
@@ -189,14 +190,13 @@ def table_row(result: RowResult) -> str:
         f"{iqm(finals):.1f} [{lo:.1f}, {hi:.1f}]", str(len(runs)), f"{wall:.0f} s",
         f"{sps:,.0f}", published, "—" if ref is None else ref.source,
     ]  # fmt: skip
-    return "| " + " | ".join(cells) + " |"
+    return cells
 
 
-HEADER = (
-    "| env | algo | env steps | final eval, mean ± std | IQM [95% CI] | seeds | wall / run "
-    "| env-steps/s | published | source |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-)
+HEADER = [
+    "env", "algo", "env steps", "final eval, mean ± std", "IQM [95% CI]", "seeds", "wall / run",
+    "env-steps/s", "published", "source",
+]  # fmt: skip
 
 
 def markdown(results: Sequence[RowResult], commit: str) -> str:
@@ -207,8 +207,7 @@ def markdown(results: Sequence[RowResult], commit: str) -> str:
             f"Commit {commit}, {when}; {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, Python {machine['python']}.",
             "",
-            HEADER,
-            *(table_row(r) for r in results),
+            markdown_rows(HEADER, [table_cells(r) for r in results]),
             "",
         ]
     )

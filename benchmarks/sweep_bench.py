@@ -44,6 +44,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial
 
+from benchmarks.markdown import markdown_rows
 from ppo1.sweep.study import open_storage
 
 STUDY = "clip_epochs_lr"
@@ -177,12 +178,6 @@ def read_runs(folder: Path) -> Runs:
     )
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table: the header, its separator, a line per row."""
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-
-
 def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
     header = ["sweep", "wall s", "CPU s", "first trial at s", "report s", "fixed cost"]
     header += ["env steps", "best", "trials", "load"]
@@ -204,7 +199,7 @@ def table(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
                 s.load,
             ]
         )
-    return markdown(header, rows)
+    return markdown_rows(header, rows)
 
 
 def breakdown(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
@@ -220,7 +215,7 @@ def breakdown(sweeps: list[Sweep], jobs: dict[str, int]) -> str:
         around, inside = s.trials_s - s.runs_s, s.runs_s - s.train_s - s.eval_s
         parts = [start, end, idle, around, inside, s.eval_s, s.train_s, around + inside]
         rows.append([s.label, *(f"{p / total:.0%}" for p in parts)])
-    return markdown(header, rows)
+    return markdown_rows(header, rows)
 
 
 def main(argv: list[str] | None = None) -> None:

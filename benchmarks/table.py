@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from benchmarks.budget import Row
+from benchmarks.markdown import markdown_rows
 from ppo1.config import TrackingConfig, TrainConfig
 from ppo1.tracking.tracker import Tracker
 
@@ -55,24 +56,21 @@ def markdown_table(
     rows: list[Row], info: dict[str, str], cfg: TrainConfig, notes: list[str]
 ) -> str:
     has_sb3 = any("sb3" in row.samples for row in rows)
-    header = (
-        "| measure | unit | ppo1 | SB3 | ppo1 vs SB3 |" if has_sb3 else "| measure | unit | ppo1 |"
-    )
+    header = ["measure", "unit", "ppo1", *(["SB3", "ppo1 vs SB3"] if has_sb3 else [])]
+    cells = []
+    for row in rows:
+        cells.append([row.name, row.unit, cell(row, "ppo1")])
+        if has_sb3:
+            speedup = row.speedup()
+            cells[-1] += [cell(row, "sb3"), "" if speedup is None else f"{speedup:.1f}x"]
     lines = [
         f"ppo1 benchmark: {cfg.env.id}, {cfg.env.num_envs} envs x {cfg.algo.n_steps} steps, "
         f"{cfg.algo.epochs} epochs, minibatch {cfg.algo.minibatch_size}",
         "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "cells: median (min-max) over seeds/repeats",
         "",
-        header,
-        "|---|---|---:|" + ("---:|---:|" if has_sb3 else ""),
+        markdown_rows(header, cells, right=len(header) - 2),
     ]
-    for row in rows:
-        line = f"| {row.name} | {row.unit} | {cell(row, 'ppo1')} |"
-        if has_sb3:
-            speedup = row.speedup()
-            line += f" {cell(row, 'sb3')} | {'' if speedup is None else f'{speedup:.1f}x'} |"
-        lines.append(line)
     lines += [f"note: {row.name}: {row.note}" for row in rows if row.note]
     lines += [f"note: {note}" for note in notes]
     return "\n".join(lines) + "\n"
