@@ -13,9 +13,12 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import os
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import IO, TYPE_CHECKING, Any
 
 from ppo1.config import ConfigError
 from ppo1.utils.redact import redact
@@ -55,12 +58,54 @@ def lock_id(key: str) -> int:
 
 
 @contextmanager
-def file_lock(path: str) -> Iterator[None]:
+def file_lock(path: str, stale_after_s: float | None = None) -> Iterator[None]:
     """An exclusive lock on the file `path` for processes on one machine; released when the
-    file closes, however the process ends (a `kill -9` too)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    file closes, however the process ends (a `kill -9` too).
+
+    `stale_after_s`: a holder that keeps it that long is alive (the kernel frees a dead one's
+    lock) but stopped, by Ctrl-Z, SIGSTOP or a debugger; waiting for it would hang every
+    other process. Its lock file is then replaced by a new one, which this process locks (as
+    Optuna breaks its own journal lock after a grace period); the stopped holder, resumed,
+    finishes with the old file."""
+    while True:
+        with ExitStack() as stack:
+            handle = stack.enter_context(open(path, "a"))
+            if stale_after_s is None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            elif not _flock_within(handle, stale_after_s):
+                if _same_file(handle, path):  # nobody replaced it meanwhile
+                    fresh = f"{path}.{os.getpid()}.{threading.get_ident()}"
+                    open(fresh, "a").close()
+                    os.replace(fresh, path)
+                continue
+            if not _same_file(handle, path):  # another process has just replaced it
+                continue
+            held = stack.pop_all()
+            break
+    with held:
         yield
+
+
+def _flock_within(handle: IO[str], seconds: float) -> bool:
+    """Lock the open file unless another process holds it for `seconds`."""
+    deadline = time.monotonic() + seconds
+    pause = 0.001  # appends take ~1 ms: most waits end within a few
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+
+
+def _same_file(handle: IO[str], path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager

@@ -28,6 +28,9 @@ from ppo1.utils.params import flatten
 from ppo1.utils.paths import project_root
 from ppo1.utils.signals import interrupts_deferred
 
+# Seconds a process may hold a journal's write lock (an append takes ~1 ms) before the others
+# take it to be stopped and go on without it: Optuna's grace period for its own lock.
+STALE_LOCK_S = 30.0
 # Trial user attrs the sweeper writes for its jobs and for resuming.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 INTERRUPTED_ATTR = "interrupted"
@@ -76,7 +79,9 @@ class JournalLock(BaseJournalFileLock):
     Optuna's own (a symlink beside the journal) stays behind a process killed while it
     appends, and every other then waits out a 30 s grace period: a sweep process killed
     during a heartbeat held its workers past the time they get to end their runs, which
-    stayed RUNNING. Every writer of a sweep's journal takes this one (open_storage)."""
+    stayed RUNNING. A holder stopped while it appends (Ctrl-Z, SIGSTOP) is alive and keeps
+    it: after STALE_LOCK_S the others take a new lock file, as they did Optuna's lock (see
+    file_lock). Every writer of a sweep's journal takes this one (open_storage)."""
 
     def __init__(self, journal: str) -> None:
         self._path = f"{journal}.write.lock"
@@ -84,7 +89,8 @@ class JournalLock(BaseJournalFileLock):
 
     def acquire(self) -> bool:
         with ExitStack() as stack:
-            stack.enter_context(file_lock(self._path))  # a stop still ends a long wait here
+            # A stop still ends a long wait here.
+            stack.enter_context(file_lock(self._path, STALE_LOCK_S))
             stack.enter_context(interrupts_deferred())
             self._held = stack.pop_all()
         return True
