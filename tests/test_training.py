@@ -546,7 +546,13 @@ def test_a_tracking_server_that_dies_mid_run_is_reported_as_such(
             text=True,
             env={**os.environ, **retries},
         )
-        wait_until(lambda: len(MlflowClient(db).search_runs(["1"])) == 2, 120, training)
+
+        def both_runs_have_params() -> bool:
+            # Not only the run: its params say its creator had the server's answer, so the
+            # trainer knows the run's id (a run stored but never answered is nobody's to name).
+            return sum(bool(r.data.params) for r in MlflowClient(db).search_runs(["1"])) == 2
+
+        wait_until(both_runs_have_params, 120, training)
         assert training.stdout is not None and training.stdout.readline().startswith("update")
         os.killpg(server.pid, signal.SIGKILL)
         stdout, stderr = training.communicate(timeout=120)
