@@ -194,6 +194,27 @@ def test_the_next_tracker_ends_a_run_whose_processes_died(mlflow_uri: str) -> No
     assert run.data.tags["ppo1.error"] == DIED
 
 
+def test_a_nested_run_leaves_dead_runs_to_the_next_top_level_one(mlflow_uri: str) -> None:
+    """A sweep's trial and seed runs skip the search for dead runs (their sweep ends its own
+    dead trials' runs): the next top-level run still ends the dead run."""
+    dead = killed_tracker(mlflow_uri, writer_process=False, metric=False)
+    client = MlflowClient(mlflow_uri)
+    cfg = TrackingConfig(uri=mlflow_uri, writer_process=False)
+    with Tracker(cfg, {}, {"ppo1.role": "study"}) as parent:
+        assert parent.run_id is not None
+        with Tracker(cfg, {}, {"mlflow.parentRunId": parent.run_id}) as nested:
+            assert nested.run_id is not None
+    assert client.get_run(dead).info.status == "FAILED"  # ended by the parent's creation
+    dead = killed_tracker(mlflow_uri, writer_process=False, metric=False)
+    with Tracker(cfg, {}, {"mlflow.parentRunId": parent.run_id}):
+        pass
+    assert client.get_run(dead).info.status == "RUNNING"
+    with Tracker(cfg, {}):
+        pass
+    assert client.get_run(dead).info.status == "FAILED"
+    assert client.get_run(dead).data.tags["ppo1.error"] == DIED
+
+
 def test_an_untracked_run_resumes_from_its_checkpoint_path(
     compose_cfg: Compose, tmp_path: Path
 ) -> None:

@@ -196,10 +196,14 @@ def create_run(
     """A new RUNNING run in the experiment (created if need be): its id, name and experiment.
 
     `start_ms` is when training started: a writer creates the run seconds later, and the UI's
-    duration is end minus start.
+    duration is end minus start. A top-level run ends the experiment's dead runs first; a
+    nested one (a sweep's trial and seed runs) does not: its sweep ends its own dead trials'
+    runs (ppo1.sweep.parent_run.end_stale_runs), and the search, which grows with the store,
+    was the largest part of creating a trial's two runs.
     """
     experiment_id = get_or_create_experiment(client, experiment)
-    end_dead_runs(client, experiment_id)
+    if "mlflow.parentRunId" not in tags:
+        end_dead_runs(client, experiment_id)
     shown = {key: redact(value) for key, value in tags.items()}
     run = client.create_run(experiment_id, start_time=start_ms, tags=shown, run_name=run_name)
     return run.info.run_id, run.info.run_name, experiment_id
