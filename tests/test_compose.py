@@ -124,3 +124,29 @@ def test_another_sweep_composes_afresh(hydra_loader: tuple[ConfigLoader, DictCon
     same(second, loader.load_sweep_config(other, job))
     assert "_algo.ent_coef=0.01_" in second.hydra.job.override_dirname
     assert "," in first.hydra.job.override_dirname
+
+
+def test_a_jobs_hydra_state_keeps_the_plugins_this_process_found() -> None:
+    """Hydra's launchers restore their global state for every job, which leaves the plugins
+    out and so scanned them anew each job; keep_plugins keeps the ones found."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+    from hydra.plugins.launcher import Launcher
+
+    from ppo1.sweep.hydra_state import keep_plugins
+
+    restore = Singleton.__dict__["set_state"]
+    found = Plugins.instance()
+    try:
+        Singleton.set_state(Singleton.get_state())
+        assert Plugins.instance() is not found, "Hydra's own restore scans the plugins again"
+        found = Plugins.instance()
+        keep_plugins()
+        state = Singleton.get_state()
+        assert Plugins not in state["instances"]
+        Singleton.set_state(state)
+        assert Plugins.instance() is found
+        launchers = {c.__name__ for c in Plugins.instance().discover(Launcher)}
+        assert {"BasicLauncher", "JoblibLauncher", "LocalLauncher"} <= launchers
+    finally:
+        Singleton.set_state = restore  # type: ignore[method-assign]

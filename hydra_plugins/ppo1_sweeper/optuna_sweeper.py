@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from ppo1.config import ConfigError, SweepConfig, TrackingConfig, TrainConfig, to_train_config
 from ppo1.sweep.compose import ComposeOnce
 from ppo1.sweep.faults import stopped_by
+from ppo1.sweep.hydra_state import keep_plugins
 from ppo1.sweep.outcomes import end_study_run, fail_stale, give_back, tell
 from ppo1.sweep.pruning import build_pruner
 from ppo1.sweep.search_space import end_points, overrides, search_space
@@ -96,7 +97,9 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        # Jobs' configs come from one composition per process (ppo1.sweep.compose).
+        # Jobs' configs come from one composition per process (ppo1.sweep.compose), and their
+        # Hydra state keeps this process's plugins (ppo1.sweep.hydra_state).
+        keep_plugins()
         self.loader = ComposeOnce(hydra_context.config_loader, uuid.uuid4().hex)
         self.hydra_context = HydraContext(self.loader, hydra_context.callbacks)
         self.config = config

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ppo1.sweep.hydra_state import keep_plugins
 from ppo1.utils.signals import STOPS, signal_handlers
 
 # How often a worker checks for its sweep process where it cannot wait for its end, and how long
@@ -112,6 +113,7 @@ def enter_worker() -> None:
     if pid is None or _entered:
         return
     _entered = True
+    keep_plugins()  # a job's Hydra state keeps the plugins the worker found (hydra_state)
     # Its stops come from the sweep process (stop_workers) or, once that is gone, from the
     # watch below: SIGTERM, once. A terminal's Ctrl-C or hang-up reaches the whole process
     # group, and with the sweep's SIGTERM after it a job saw a second stop, which stops it at
