@@ -125,6 +125,21 @@ def test_reporter_prunes_a_real_trial_through_journal_storage(tmp_path: Path) ->
     assert frozen.intermediate_values == {512: 20.0, 1024: 20.0}
 
 
+def test_the_kl_series_is_stored_at_the_first_update_evaluations_and_the_seeds_end(
+    tmp_path: Path,
+) -> None:
+    """Not at every update (a locked, fsynced journal append each): readers see the series
+    once the trial trains, at each evaluation, and whole when the seed ends."""
+    study = journal_study(tmp_path / "study.journal", KLPruner(RULE))
+    report = TrialReporter(study.ask(), RULE, step_offset=0, seed_end=6 * 256)
+    kls = [0.01 * update for update in range(1, 7)]
+    stored = []
+    for update, kl in enumerate(kls, start=1):
+        report(update * 256, metrics(kl, 20.0 if update == 4 else None))
+        stored.append(study.trials[0].user_attrs[KL_ATTR])
+    assert stored == [kls[:1], kls[:1], kls[:1], kls[:4], kls[:4], kls]
+
+
 def test_reporter_names_the_objective_pruner_and_offsets_seed_steps(tmp_path: Path) -> None:
     study = journal_study(tmp_path / "study.journal", KLPruner(RULE, ThresholdPruner(lower=100.0)))
     trial = study.ask()

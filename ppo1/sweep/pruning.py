@@ -62,6 +62,12 @@ class TrialReporter:
     one after another on the objective pruner's step axis, the same way in every trial. At
     `last_step`, the trial's final update, only the KL rule may stop it: the budget is spent,
     and pruning on the return there would only throw the result away.
+
+    The KL rule is decided here, on the seed's KL series in memory. The series is stored in the
+    trial (user attr `kl`, for the KL pruner and whoever reads the study) at the first update,
+    at every evaluation, when the trial is pruned and at `seed_end`, the seed's final update:
+    not at every update, each a locked, fsynced append to a journal (~1 ms, ~3 % of a default
+    sweep's trial).
     """
 
     def __init__(
@@ -70,21 +76,27 @@ class TrialReporter:
         kl: KLPrunerConfig | None,
         step_offset: int,
         last_step: int | None = None,
+        seed_end: int | None = None,
     ) -> None:
         self.trial = trial
         self.kl = kl
         self.step_offset = step_offset
         self.last_step = last_step
+        self.seed_end = last_step if seed_end is None else seed_end
         self.kls: list[float] = []
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        evaluated = "eval/mean_return" in metrics
         if self.kl is not None:
             value = metrics[self.kl.metric.value]
             self.kls.append(value if math.isfinite(value) else math.inf)
-            self.trial.set_user_attr(KL_ATTR, self.kls)
-        if "eval/mean_return" in metrics:
+        if evaluated:
             self.trial.report(metrics["eval/mean_return"], self.step_offset + step)
         reason = self._kl_reason() if step == self.last_step else self._prune_reason(step)
+        if self.kl is not None and (
+            reason or evaluated or len(self.kls) == 1 or step == self.seed_end
+        ):
+            self.trial.set_user_attr(KL_ATTR, self.kls)
         if reason:
             self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
             raise optuna.TrialPruned(reason)
@@ -93,11 +105,13 @@ class TrialReporter:
         return kl_divergence_reason(self.kls, self.kl) if self.kl is not None else None
 
     def _prune_reason(self, step: int) -> str | None:
-        """Why the study's pruner stops the trial now, or None."""
-        if not self.trial.should_prune():
-            return None
+        """Why the KL rule or the study's objective pruner stops the trial now, or None."""
         if reason := self._kl_reason():
             return reason
+        # The KL pruner in front of it sees the series as last stored: a prefix of this one,
+        # on which the rule would have fired here already.
+        if not self.trial.should_prune():
+            return None
         pruner = self.trial.study.pruner
         if isinstance(pruner, KLPruner) and pruner.objective_pruner is not None:
             pruner = pruner.objective_pruner

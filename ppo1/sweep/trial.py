@@ -48,9 +48,10 @@ def train_seeds(
         tags = {"ppo1.role": "seed", "optuna.trial_number": str(trial.number)}
         if (run := trial_run.wait_for_run()) is not None:
             tags["mlflow.parentRunId"] = run[0]
-        # The trial's final update: the last seed's last (num_updates whole batches).
-        last_step = cfg.num_updates * cfg.batch_size if i == sweep.seeds - 1 else None
-        reporter = TrialReporter(trial, sweep.kl, i * cfg.total_timesteps, last_step)
+        # The seed's final update (num_updates whole batches); the last seed's ends the trial.
+        seed_end = cfg.num_updates * cfg.batch_size
+        last_step = seed_end if i == sweep.seeds - 1 else None
+        reporter = TrialReporter(trial, sweep.kl, i * cfg.total_timesteps, last_step, seed_end)
         result = train(seed_cfg, reporter, tags)
         values.append(objective_value(sweep.objective, result.evals))
         trial_run.log_metrics({f"objective/seed_{seed}": values[-1]}, 0)
