@@ -1,8 +1,8 @@
 """The second process that makes a run's MLflow writes (ops.py) while training goes on.
 
 A fresh training process that talks to MLflow itself pays `import mlflow` (~2 s), the first
-open of a SQL store (~1.5 s of SQLAlchemy and alembic) and ~0.17 ms a metric row in MLflow's
-ORM, all on the training core. `python -m ppo1.tracking.writer URI` pays them on the core
+open of a SQL store (~1.5 s of SQLAlchemy and alembic) and every write's round trip, all on
+the training core. `python -m ppo1.tracking.writer URI` pays them on the core
 training leaves idle: it creates the run (or attaches to one this process created) and applies the
 operations the trainer sends while training goes on. A thread could not hide that work
 (SQLAlchemy holds the GIL against the training thread's many short torch calls), and a forked
