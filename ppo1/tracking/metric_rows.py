@@ -21,14 +21,15 @@ from sqlalchemy.dialects.sqlite import insert
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from ppo1.tracking.ops import Row
-
 # MLflow rejects larger batches (its documented log_batch limits).
 MAX_METRICS_PER_BATCH = 1000
 
 
-def log_metric_rows(client: MlflowClient, run_id: str, rows: Sequence[Row]) -> None:
-    """Store the run's metric rows (key, value, timestamp ms, step) as log_batch would."""
+def log_metric_rows(
+    client: MlflowClient, run_id: str, rows: Sequence[tuple[str, float, int, int]]
+) -> None:
+    """Store the run's metric rows (ppo1.tracking.ops.Row: key, value, timestamp in ms, step)
+    as log_batch would."""
     store = client._tracking_client.store
     if not (isinstance(store, SqlAlchemyStore) and store.db_type == "sqlite"):
         from mlflow.entities import Metric
