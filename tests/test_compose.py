@@ -8,12 +8,16 @@ import pytest
 from hydra import initialize_config_dir
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+from hydra.core.singleton import Singleton
 from hydra.errors import ConfigCompositionException
+from hydra.plugins.launcher import Launcher
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ppo1.config import CONF_DIR, register_configs
 from ppo1.sweep.compose import ComposeOnce
+from ppo1.sweep.hydra_state import keep_plugins
 
 # As the sweeper launches a trial: the command line's plain overrides, then what it sets.
 FIXED = ["sweep=clip_epochs_lr", "algo.ent_coef=0.01", "total_timesteps=4096"]
@@ -129,12 +133,6 @@ def test_another_sweep_composes_afresh(hydra_loader: tuple[ConfigLoader, DictCon
 def test_a_jobs_hydra_state_keeps_the_plugins_this_process_found() -> None:
     """Hydra's launchers restore their global state for every job, which leaves the plugins
     out and so scanned them anew each job; keep_plugins keeps the ones found."""
-    from hydra.core.plugins import Plugins
-    from hydra.core.singleton import Singleton
-    from hydra.plugins.launcher import Launcher
-
-    from ppo1.sweep.hydra_state import keep_plugins
-
     restore = Singleton.__dict__["set_state"]
     found = Plugins.instance()
     try:

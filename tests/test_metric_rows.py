@@ -11,7 +11,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ppo1.tracking.metric_rows import log_metric_rows
+from ppo1.tracking.metric_rows import insert_rows, sqlite_store
 from ppo1.tracking.ops import Row, create_whole, get_or_create_experiment
 
 # Several batches of one run, with what a run really sends: per-update keys at growing steps,
@@ -53,9 +53,11 @@ def test_rows_are_stored_as_mlflows_log_batch_stores_them(tmp_path: Path) -> Non
     client = MlflowClient(uri)
     experiment = get_or_create_experiment(client, "e")
     theirs, ours = (client.create_run(experiment).info.run_id for _ in range(2))
+    store = sqlite_store(client)
+    assert store is not None
     for batch in BATCHES:
         client.log_batch(theirs, metrics=[Metric(*row) for row in batch])
-        log_metric_rows(client, ours, batch)
+        insert_rows(store, ours, batch)
         assert tables(db, ours) == tables(db, theirs)
     metrics, latest = tables(db, ours)
     assert len(metrics) == 13 and len(latest) == 5  # dropped: 5 rows held already or repeated
@@ -72,7 +74,9 @@ def test_a_run_that_is_not_active_is_refused_as_mlflow_refuses_it(tmp_path: Path
     client = MlflowClient(uri)
     run_id = client.create_run(get_or_create_experiment(client, "e")).info.run_id
     client.delete_run(run_id)
+    store = sqlite_store(client)
+    assert store is not None
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
         client.log_batch(run_id, metrics=[Metric("a", 1.0, 1, 1)])
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
-        log_metric_rows(client, run_id, [("a", 1.0, 1, 1)])
+        insert_rows(store, run_id, [("a", 1.0, 1, 1)])

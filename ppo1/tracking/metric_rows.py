@@ -6,7 +6,7 @@ its ~1.4 s. Into a SQLite store (the default, and a sweep's) the rows go with on
 INSERT ... ON CONFLICT DO NOTHING instead (rows the store holds already are dropped, as MLflow
 drops them), and the run's latest value of each key follows MLflow's own rule: the largest
 (step, timestamp, value), the first of equals. tests/test_metric_rows.py holds both ways equal,
-table by table. Any other store gets MlflowClient.log_batch.
+table by table. Any other store gets MlflowClient.log_batch (ppo1.tracking.ops.apply).
 """
 
 from __future__ import annotations
@@ -21,23 +21,18 @@ from sqlalchemy.dialects.sqlite import insert
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-# MLflow rejects larger batches (its documented log_batch limits).
-MAX_METRICS_PER_BATCH = 1000
+
+def sqlite_store(client: MlflowClient) -> SqlAlchemyStore | None:
+    """The client's store if it is a SQLite database, which `insert_rows` writes to."""
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) and store.db_type == "sqlite" else None
 
 
-def log_metric_rows(
-    client: MlflowClient, run_id: str, rows: Sequence[tuple[str, float, int, int]]
+def insert_rows(
+    store: SqlAlchemyStore, run_id: str, rows: Sequence[tuple[str, float, int, int]]
 ) -> None:
     """Store the run's metric rows (ppo1.tracking.ops.Row: key, value, timestamp in ms, step)
     as log_batch would."""
-    store = client._tracking_client.store
-    if not (isinstance(store, SqlAlchemyStore) and store.db_type == "sqlite"):
-        from mlflow.entities import Metric
-
-        for i in range(0, len(rows), MAX_METRICS_PER_BATCH):
-            chunk = rows[i : i + MAX_METRICS_PER_BATCH]
-            client.log_batch(run_id, metrics=[Metric(*row) for row in chunk])
-        return
     if not rows:
         return
     stored: list[dict[str, Any]] = []

@@ -23,7 +23,8 @@ Row = tuple[str, float, int, int]
 # ("reopen",) (a resumed run) or ("terminate", "FINISHED" | "KILLED" | "FAILED").
 Op = tuple[Any, ...]
 T = TypeVar("T")
-# MLflow rejects larger batches (its documented log_batch limit; metric rows: metric_rows.py).
+# MLflow rejects larger batches (its documented log_batch limits).
+MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 # Set on a run whose training process went away without ending it (killed, crashed hard).
 ORPHANED = "the training process exited without ending its run (killed?)"
@@ -211,7 +212,7 @@ def create_run(
 def apply(client: MlflowClient, run_id: str, op: Op) -> None:
     """One operation on the run, with as few store round trips as MLflow allows; passwords in
     the values and texts are masked (ppo1.utils.redact)."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Metric, Param, RunTag
 
     match op:
         case ("params", dict(params)):
@@ -220,9 +221,13 @@ def apply(client: MlflowClient, run_id: str, op: Op) -> None:
             ):
                 client.log_batch(run_id, params=some)
         case ("metrics", list(rows)):
-            from ppo1.tracking.metric_rows import log_metric_rows
+            from ppo1.tracking.metric_rows import insert_rows, sqlite_store
 
-            log_metric_rows(client, run_id, rows)
+            if (store := sqlite_store(client)) is not None:
+                insert_rows(store, run_id, rows)
+            else:
+                for chunk in batches([Metric(*row) for row in rows], MAX_METRICS_PER_BATCH):
+                    client.log_batch(run_id, metrics=chunk)
         case ("tags", dict(tags)):
             client.log_batch(run_id, tags=[RunTag(k, redact(v)) for k, v in tags.items()])
         case ("artifact", str(path), folder):
