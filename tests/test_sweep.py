@@ -23,7 +23,7 @@ import pytest
 import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ppo1.sweep.pruning import KL_ATTR, PRUNE_REASON_ATTR
 from ppo1.sweep.study import (
@@ -64,6 +64,17 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def load_study(tmp_path: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "study.journal")))
+
+
+def trials_so_far(tmp_path: Path, name: str) -> list[FrozenTrial]:
+    """The trials of a study a sweep is running; none before the sweep has created it (its
+    journal file exists a moment before the study's record is written in it)."""
+    if not (tmp_path / "study.journal").exists():
+        return []
+    try:
+        return load_study(tmp_path, name).trials
+    except KeyError:  # Optuna's answer for a study that is not (yet) in the storage
+        return []
 
 
 def runs_by_role(tmp_path: Path) -> dict[str, list[Run]]:
@@ -261,9 +272,7 @@ def test_an_interrupted_sweep_resumes_to_its_total(tmp_path: Path) -> None:
     sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def training_second_trial() -> bool:
-        if not (tmp_path / "study.journal").exists():
-            return False
-        trials = load_study(tmp_path, "tiny").trials
+        trials = trials_so_far(tmp_path, "tiny")
         return any(t.state is TrialState.COMPLETE for t in trials) and any(
             t.state is TrialState.RUNNING and KL_ATTR in t.user_attrs for t in trials
         )
@@ -450,11 +459,9 @@ def training(tmp_path: Path, name: str) -> Callable[[], bool]:
     and seed runs exist)."""
 
     def condition() -> bool:
-        if not (tmp_path / "study.journal").exists():
-            return False
         return any(
             t.state is TrialState.RUNNING and KL_ATTR in t.user_attrs
-            for t in load_study(tmp_path, name).trials
+            for t in trials_so_far(tmp_path, name)
         )
 
     return condition
@@ -532,9 +539,7 @@ def parallel_sweep(tmp_path: Path) -> subprocess.Popen[str]:
     )
 
     def both_train() -> bool:
-        if not (tmp_path / "study.journal").exists():
-            return False
-        trials = load_study(tmp_path, "tiny").trials
+        trials = trials_so_far(tmp_path, "tiny")
         return sum(t.state is TrialState.RUNNING and KL_ATTR in t.user_attrs for t in trials) == 2
 
     try:
