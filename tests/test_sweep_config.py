@@ -248,9 +248,9 @@ def sweep_exits(args: list[str], env: dict[str, str] | None = None) -> str:
         env=env,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: ")
-    return line
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
+    return lines[0]
 
 
 @pytest.mark.parametrize("store", ["bogus://x", "a text file"])

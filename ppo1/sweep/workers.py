@@ -32,6 +32,8 @@ _EXIT_AFTER_S = 30.0
 _LEAK_BYTES = int(1.5e9)
 # How long shut_down waits for the warm-up's workers to have started (imports: seconds).
 _WARM_UP_WAIT_S = 60.0
+# How long it waits for the pool's queue to stop feeding workers that are gone (at once).
+_FEEDER_WAIT_S = 5.0
 
 
 class TrialInterrupted(Exception):
@@ -206,8 +208,17 @@ def shut_down() -> None:
     to find its semaphores gone and print a traceback under the sweep's error line."""
     if _warming is not None:
         _warming.join(_WARM_UP_WAIT_S)
-    if (pool := _pool()) is not None:
-        pool.shutdown(wait=True, kill_workers=True)
+    if (pool := _pool()) is None:
+        return
+    calls = pool._call_queue  # held here: freed by this thread, not its feeder
+    pool.shutdown(wait=True, kill_workers=True)
+    # The pool's semaphores are unlinked, each then struck off the resource tracker, by their
+    # finalizers in whichever thread a garbage collection frees them. The call queue's feeder
+    # thread is a daemon that multiprocessing does not join (the queue was made here): an exit
+    # right after cut it off in between, and the tracker printed two warnings under the sweep's
+    # last line. Its end is waited for.
+    if calls is not None and calls._thread is not None:
+        calls._thread.join(_FEEDER_WAIT_S)
 
 
 def uses_joblib(launcher: object) -> bool:
