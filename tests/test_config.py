@@ -119,7 +119,6 @@ def test_notebook_preset(compose_cfg: Compose) -> None:
         ("env.num_envs=0", "env.num_envs must be >= 1"),
         ("seed=-1", "seed must be >= 0, got -1"),
         ("log_every=-1", "log_every must be >= 0, got -1"),
-        ("resume=", "resume must not be empty: a run id, or a checkpoint folder or its"),
         ("tracking.experiment=", "tracking.experiment must not be empty"),
         # Hydra appends keys given with + or ++ (it even suggests +algo.cilp for algo.cilp).
         (

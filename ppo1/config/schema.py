@@ -329,11 +329,6 @@ class TrainConfig:
                 ),
                 # Gymnasium and NumPy seeding take only non-negative integers.
                 (self.seed < 0, f"seed must be >= 0, got {self.seed}"),
-                # An empty path would name the working directory's resume.pt.
-                (
-                    self.resume is not None and not self.resume.strip(),
-                    "resume must not be empty: a run id, or a checkpoint folder or its resume.pt",
-                ),
                 (
                     not self.algo.minibatch_per_env and self.algo.minibatch_size > self.batch_size,
                     f"algo.minibatch_size={self.algo.minibatch_size} is larger than the batch "
