@@ -25,7 +25,7 @@ from ppo1.tracking.ops import DIED, PID_START_TAG, PID_TAG
 from ppo1.tracking.resume import CHECKPOINT_TAG, prepare_resume
 from ppo1.tracking.tracker import Tracker
 
-from .conftest import TINY, wait_until
+from .conftest import TINY, one_error_line, run_module, wait_until
 from .test_run_writer import READY_TIMEOUT_S, killed_tracker, two_cpus, writer_pids
 
 Compose = Callable[[list[str]], TrainConfig]
@@ -334,6 +334,14 @@ def test_the_ratio_snapshots_and_figures_span_the_resumed_run(
     # Only the latest snapshot keeps its (r, A) sample, as in an uninterrupted run.
     assert [bool(s.ratio) for s in data.snapshots] == [False] * 9 + [True]
     assert steps(client, run_id) == [256 * u for u in range(1, 11)]
+
+
+def test_an_empty_resume_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Not read as the working directory's checkpoint ("<cwd>/resume.pt is not a ppo1 ...")."""
+    proc = run_module("ppo1.train", "resume=", f"tracking.uri={tmp_path / 'mlruns'}")
+    line = one_error_line(proc)
+    assert line == "error: resume= is empty: give a run id or a checkpoint folder or file"
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_a_reused_pid_does_not_keep_a_dead_run_running(mlflow_uri: str) -> None:

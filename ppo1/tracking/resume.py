@@ -143,6 +143,8 @@ def prepare_resume(composed: TrainConfig, overrides: list[str]) -> tuple[TrainCo
     """The config and checkpoint `resume=` continues from; a ConfigError says why not."""
     target = composed.resume
     assert target is not None
+    if not target.strip():  # else Path("") would be the working directory
+        raise ConfigError("resume= is empty: give a run id or a checkpoint folder or file")
     keys = {override_key(o) for o in overrides}
     fixed = sorted(keys - set(RESUMABLE))
     if fixed:
