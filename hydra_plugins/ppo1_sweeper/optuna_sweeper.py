@@ -203,7 +203,10 @@ class OptunaSweeper(Sweeper):
         with sigterm_as_interrupt():
             try:
                 returns = self._optimize(study, sweep, space, spec, fixed, parent, n)
-                report_study(study, list(space), self._job_config, fixed, parent)
+                # One report at a time on the shared study run: MLflow's set_tag is not atomic
+                # (two at once on a server's PostgreSQL: a duplicate key, the sweep failed).
+                with study_lock(spec, sweep.study_name):
+                    report_study(study, list(space), self._job_config, fixed, parent)
             except KeyboardInterrupt:
                 # The bookkeeping is done (trials given back, see _optimize): one line, as
                 # plain training prints, instead of a traceback.
