@@ -29,7 +29,7 @@ def main(dict_cfg: DictConfig) -> None:
 
     from ppo1.sweep.parent_run import find_study_run
     from ppo1.sweep.search_space import search_space
-    from ppo1.sweep.study import open_storage, storage_exists, storage_spec
+    from ppo1.sweep.study import open_storage, storage_exists, storage_spec, study_lock
     from ppo1.sweep.study_report import report_study
 
     if cfg.sweep is None:
@@ -54,13 +54,16 @@ def main(dict_cfg: DictConfig) -> None:
     # Hydra's own overrides too: hydra.searchpath may be where the sweep's file was found.
     hydra_overrides = list(given.hydra)
     params = list(search_space(cfg.sweep.params))
-    report_study(
-        study,
-        params,
-        lambda o: compose("train", [*hydra_overrides, *o]),
-        list(given.task),
-        parent,
-    )
+    # Under the study's lock, as a sweep process writes its report: two writes of the study
+    # run's tags at once can fail on a server's database (see the sweeper).
+    with study_lock(spec, cfg.sweep.study_name):
+        report_study(
+            study,
+            params,
+            lambda o: compose("train", [*hydra_overrides, *o]),
+            list(given.task),
+            parent,
+        )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from ppo1.sweep.study import (
     SETTINGS_ATTR,
     counted_trials,
     open_storage,
+    study_lock,
 )
 from ppo1.tracking.ops import PID_TAG
 from tests.browser import offline_page
@@ -244,12 +245,27 @@ def test_resuming_with_settings_whose_values_do_not_compare_is_refused(tmp_path:
     assert study.user_attrs[SETTINGS_ATTR] == recorded
 
 
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether process `pid` is blocked on a file lock (a "->" line of /proc/locks)."""
+    return any(
+        fields[1] == "->" and fields[5] == str(pid)
+        for fields in (line.split() for line in Path("/proc/locks").read_text().splitlines())
+    )
+
+
 def test_the_rerun_command_is_what_the_best_trial_trained(tmp_path: Path) -> None:
     run(sweep_command(tmp_path, "tiny", "sweep.n_trials=1", "total_timesteps=2048"), tmp_path)
-    # The report on demand, without the sweep's total_timesteps=2048 (tiny.yaml says 1024).
-    report_command = [sys.executable, "-m", "ppo1.sweep_report"]
-    report = run([*report_command, *sweep_overrides(tmp_path, "tiny")], tmp_path)
-    (line,) = [line for line in report.stdout.splitlines() if line.startswith("re-run it: ")]
+    # The report on demand, without the sweep's total_timesteps=2048 (tiny.yaml says 1024). It
+    # writes on the study run as sweep processes do, one at a time under the study's lock: held
+    # here, the report waits for it before it prints or writes anything.
+    report_command = [sys.executable, "-m", "ppo1.sweep_report", *sweep_overrides(tmp_path, "tiny")]
+    out = tmp_path / "report.out"
+    with study_lock(str(tmp_path / "study.journal"), "tiny"), out.open("w") as stdout:
+        report = subprocess.Popen(report_command, cwd=tmp_path, stdout=stdout, text=True)
+        wait_until(lambda: waits_for_a_lock(report.pid), 60, report)
+        assert "re-run it" not in out.read_text()
+    assert report.wait(timeout=120) == 0
+    (line,) = [line for line in out.read_text().splitlines() if line.startswith("re-run it: ")]
     assert "total_timesteps=2048" in line.split()
     parent, _ = study_report(tmp_path, "tiny")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
