@@ -15,7 +15,11 @@ included (which other load on the machine does not inflate, unlike the wall cloc
 steps its trials spent; the best objective; and the fixed cost: the part of the wall clock x
 jobs that is not inside a trial's training loop (`time/train_seconds`; evaluations count as
 fixed cost), with the time before the first trial starts and after the last ends (the study's
-report). The load average is printed with each sweep: the machine is shared.
+report). The load average is printed with each sweep: the machine is shared. An unmeasured
+2-trial parallel sweep runs first: a VM may page out files left unused for a while (ours runs
+DAMON's pageout), so the first process to import torch and mlflow after an idle spell reads
+them from disk, which charged whichever sweep came first (a first parallel sweep began its
+trials 14.5 s in, the serial one after it 8.4 s, the next parallel one 9.8 s).
 
 A second table splits wall clock x jobs into: the sweep's start (before its first trial) and
 end (after its last), x jobs; slots left idle in between (waiting for a worker, or for the
@@ -241,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = []
     jobs = {label: n for label, n, _, _ in plans}
     with tempfile.TemporaryDirectory(prefix="ppo1-sweep-bench-") as tmp:
+        run_sweep("warm-up", Path(tmp) / "warm-up", ["sweep.n_trials=2", "sweep.n_jobs=2"], True)
         for k, (label, _, overrides, exists) in enumerate(plans):
             sweeps.append(run_sweep(label, Path(tmp) / str(k), overrides, exists))
             print(table(sweeps[-1:], jobs).splitlines()[-1], flush=True)
