@@ -49,8 +49,11 @@ postgres-server:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
+# The tests marked slow (learning runs, sweeps, browsers, the cluster: two thirds of the suite's
+# time) run with SLOW=1, as .ci/run does; a plain `make test` leaves them out. Both install
+# what the slow tests need, so that one command sets a machine up.
 test: lint $(CHROMIUM) postgres-server
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 
 # make bench ARGS="env=pendulum --repeats 2"
 bench: $(BENCH)
