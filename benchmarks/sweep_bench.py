@@ -17,9 +17,9 @@ jobs that is not inside a trial's training loop (`time/train_seconds`; evaluatio
 fixed cost), with the time before the first trial starts and after the last ends (the study's
 report). The load average is printed with each sweep: the machine is shared. An unmeasured
 2-trial parallel sweep runs first: a VM may page out files left unused for a while (ours runs
-DAMON's pageout), so the first process to import torch and mlflow after an idle spell reads
-them from disk, which charged whichever sweep came first (a first parallel sweep began its
-trials 14.5 s in, the serial one after it 8.4 s, the next parallel one 9.8 s).
+DAMON's pageout), so the first process to import torch and mlflow after an idle spell may read
+them from disk, which would charge whichever sweep comes first (once, a first parallel sweep
+began its trials 14.5 s in, the serial one after it 8.4 s, the next parallel one 9.8 s).
 
 A second table splits wall clock x jobs into: the sweep's start (before its first trial) and
 end (after its last), x jobs; slots left idle in between (waiting for a worker, or for the
